@@ -178,33 +178,60 @@ def cmd_ingest(args) -> int:
     return 0
 
 
-def per_item_metrics(ladder_path: str, items_store: str | None, method: str = "two-step"):
-    """Per-item data for item resampling, from --items or from the ladder itself when it is a store:
-    per-item metrics of the choices, the per-item sample counts for the pass-until methods, or the
-    per-choice rows themselves for choice-mass."""
+def per_item_data(ladder_path: str, items_source: str | None, method: str):
+    """The per-item data the method reads (capscale.laws.registry), from --items or from the ladder
+    itself when it is a store: per-choice rows, their per-item metrics, or per-item sample counts."""
     from capscale.ladder import is_results_store
-    from capscale.metrics import item_metrics
-    from capscale.store import ResultsStore
+    from capscale.laws.registry import get_method
 
-    source = items_store or (ladder_path if is_results_store(Path(ladder_path)) else None)
-    if source is None:
+    kind = get_method(method).items
+    source = items_source or (ladder_path if is_results_store(Path(ladder_path)) else None)
+    if source is None or kind is None:
         return None
-    if method == "choice-mass":  # the per-choice rows themselves: a store, or a CSV/Parquet file of them
+    if kind == "choices":  # the per-choice rows themselves: a store, or a CSV/Parquet file of them
         from capscale.laws.choicemass import load_choice_rows
 
         return load_choice_rows(source)
-    if method.startswith("pass-until"):
+    from capscale.store import ResultsStore
+
+    if kind == "samples":
         return ResultsStore(source).read_samples()[["checkpoint", "task", "item", "n_drawn", "n_correct", "until"]]
+    from capscale.metrics import item_metrics
+
     return item_metrics(ResultsStore(source).read_choices())
 
 
 def default_metric(args) -> None:
     """Method and metric fill each other in: the pass-until methods forecast pass_until, and
-    ``--metric pass_until`` alone is forecast by the PassUntil law; otherwise two-step on acc."""
+    ``--metric pass_until`` alone is forecast by the PassUntil law; otherwise auto on acc."""
+    from capscale.laws.registry import get_method, method_for_metric
+
     if args.method is None:
-        args.method = "pass-until" if args.metric == "pass_until" else "two-step"
+        args.method = method_for_metric(args.metric)
     if args.metric is None:
-        args.metric = "pass_until" if args.method.startswith("pass-until") else "acc"
+        args.metric = get_method(args.method).default_metric
+
+
+def method_options(args):
+    from capscale.laws.registry import MethodOptions
+
+    if not 0.0 < args.level < 1.0:
+        raise CapscaleError(f"--level must lie between 0 and 1 (e.g. 0.9), got {args.level}")
+    if args.n_boot < 0:
+        raise CapscaleError(f"--n-boot must be >= 0, got {args.n_boot}")
+    return MethodOptions(level=args.level, n_boot=args.n_boot, seed=args.seed, step1=args.step1, step2=args.step2,
+                         x=args.x, ceiling=args.ceiling, anchor_weight=args.anchor_weight,
+                         calibrate=not args.no_calibrate, n_origins=args.n_origins,
+                         extra={"form": args.direct_form} if args.direct_form else {})
+
+
+def print_backtest(table, level: float) -> None:
+    shown = table.assign(method=table["method_used"].str.replace("auto -> ", "", regex=False))
+    cols = ["task", "family", "model", "predicted", "lower", "upper", "actual", "abs_error", "inside", "method",
+            "form_used", "n_points"]
+    print(shown[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-"))
+    for _, row in table[table["reason"] != ""].iterrows():
+        print(f"no forecast: {row['task']} / {row['family']} / {row['model']}: {row['reason']}", file=sys.stderr)
 
 
 def cmd_backtest(args) -> int:
@@ -214,23 +241,26 @@ def cmd_backtest(args) -> int:
     from capscale.laws.backtest import coverage, mean_abs_error, run_backtest, summary_table
 
     default_metric(args)
+    options = method_options(args)
     ladder = load_ladder(args.ladder, drop_nonfinite=args.drop_nonfinite)
     outcome = run_backtest(
         ladder, args.holdout, metric=args.metric, loss=args.loss, loss_task=args.loss_task, method=args.method,
-        tasks=args.task or None, level=args.level, n_boot=args.n_boot, seed=args.seed, step1=args.step1,
-        step2=args.step2, jobs=args.jobs, items=per_item_metrics(args.ladder, args.items, args.method), x=args.x,
+        tasks=args.task or None, jobs=args.jobs, items=per_item_data(args.ladder, args.items, args.method),
+        options=options, progress=not args.no_progress,
     )
-    for task, family, reason in outcome.skipped:
-        print(f"skipped {task} ({family}): {reason}", file=sys.stderr)
     table = summary_table(outcome)
-    if table.empty:
-        raise CapscaleError("no held-out model could be forecast (see the skipped tasks above)")
-    cols = ["task", "family", "model", "predicted", "lower", "upper", "actual", "abs_error", "inside"]
-    print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if table.empty or table["predicted"].isna().all():
+        for task, family, reason in outcome.skipped:
+            print(f"skipped {task} ({family}): {reason}", file=sys.stderr)
+        raise CapscaleError("no held-out model could be forecast (see the reasons above)")
+    print_backtest(table, args.level)
     for _, row in table[table["warnings"] != ""].iterrows():
         print(f"warning: {row['task']} / {row['model']}: {row['warnings']}", file=sys.stderr)
-    print(f"method {args.method}: mean absolute error {mean_abs_error(table):.4f} over {len(table)} forecasts; "
-          f"{coverage(table):.0%} of actual values inside the {args.level:.0%} interval")
+    n = int(table["predicted"].notna().sum())
+    print(f"method {args.method}: mean absolute error {mean_abs_error(table):.4f} over {n} forecasts"
+          + (f" ({len(table) - n} runs without one)" if n < len(table) else "") + "; actual values inside the "
+          f"{args.level:.0%} interval: {coverage(table):.0%} (50%: {coverage(table, 'inside_50'):.0%}, "
+          f"80%: {coverage(table, 'inside_80'):.0%})")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps([r.contract() for r in outcome.records], indent=2))
@@ -245,25 +275,35 @@ def cmd_backtest(args) -> int:
 
 def cmd_fit(args) -> int:
     from capscale.ladder import load_ladder
-    from capscale.laws.backtest import make_predictor
     from capscale.laws.persist import save_predictor
+    from capscale.laws.registry import make_predictor
+    from capscale.progress import refit_counter
 
     default_metric(args)
+    options = method_options(args)
     ladder = load_ladder(args.ladder, drop_nonfinite=args.drop_nonfinite)
     if args.family:
         ladder = ladder[ladder["family"] == args.family]
     families = sorted(ladder["family"].unique())
     if len(families) != 1:
         raise CapscaleError(f"the ladder has families {families}: pick one with --family (curves never mix families)")
-    predictor = make_predictor(args.method, args.level, args.n_boot, args.seed, args.step1, args.step2, args.x)
-    predictor.fit(ladder, args.task, args.metric, args.loss, loss_task=args.loss_task,
-                  items=per_item_metrics(args.ladder, args.items, args.method))
+    predictor = make_predictor(args.method, options)
+    with refit_counter(enabled=not args.no_progress):
+        predictor.fit(ladder, args.task, args.metric, args.loss, loss_task=args.loss_task,
+                      items=per_item_data(args.ladder, args.items, args.method))
     save_predictor(predictor, args.out, meta={"ladder": str(args.ladder), "family": families[0]})
-    if hasattr(predictor, "describe"):  # choice-mass: no curve of its own to print
-        print(predictor.describe())
+    shown = getattr(predictor, "chosen_", predictor)
+    if hasattr(predictor, "method_used_"):
+        errors = ", ".join(f"{k} {v:.4f}" for k, v in predictor.internal_errors_.items())
+        print(f"auto chose {predictor.method_used_} (internal backtest mean |error|: {errors or 'none: too few runs'})")
+    if hasattr(shown, "describe"):  # choice-mass: no curve of its own to print
+        print(shown.describe())
         fits = ()
+    elif hasattr(shown, "fit_"):
+        fits = shown.fit_ if isinstance(shown.fit_, tuple) else (shown.fit_,)
     else:
-        fits = predictor.fit_ if isinstance(predictor.fit_, tuple) else (predictor.fit_,)
+        fits = ()
+        print(f"{shown.form_used_} from {shown.n_runs_} runs")
     for fit in fits:
         params = ", ".join(f"{k}={v:.4g}" for k, v in fit.params.items())
         print(f"{fit.form.name} on {fit.n_points} points: {params}")
@@ -275,8 +315,9 @@ def cmd_predict(args) -> int:
     from capscale.laws.persist import load_predictor
 
     predictor = load_predictor(args.fit)
-    f = predictor.predict(params=args.params, tokens=args.tokens, flops=args.flops)
-    print(f"{predictor.task_} {predictor.metric_}: {f.value:.4f}  [{f.lower:.4f}, {f.upper:.4f}] at {f.level:.0%}")
+    f = predictor.predict(params=args.params, tokens=args.tokens, flops=args.flops, level=args.level)
+    print(f"{predictor.task_} {predictor.metric_}: {f.value:.4f}  [{f.lower:.4f}, {f.upper:.4f}] at {f.level:.0%}"
+          + (f"  ({f.method_used}: {f.form_used})" if f.method_used else ""))
     if f.loss is not None:
         print(f"intermediate loss ({predictor.loss_metric_}): {f.loss:.4f}  [{f.loss_lower:.4f}, {f.loss_upper:.4f}]")
     for w in f.warnings:
@@ -326,26 +367,39 @@ def cmd_trends(args) -> int:
 
 
 def add_fit_options(p: argparse.ArgumentParser) -> None:
+    from capscale.laws.registry import METHODS
+
     p.add_argument("--metric", help="metric to forecast (default acc; pass_until for the pass-until methods)")
     p.add_argument("--loss", default="bpb_correct", help="intermediate task loss for two-step (default bpb_correct)")
     p.add_argument("--loss-task", help="take the loss from this task for every task (e.g. a validation loss)")
-    p.add_argument("--method", default=None,
-                   choices=["two-step", "direct", "pass-until", "pass-until-items", "choice-mass"],
-                   help="default two-step, or pass-until for --metric pass_until. two-step (compute -> task loss -> metric), direct (compute -> metric), pass-until "
-                        "(PU = exp(-c N^-alpha)), pass-until-items (the per-item law, needs sample counts) or "
-                        "choice-mass (per-item margins over each incorrect choice, needs per-choice rows)")
+    p.add_argument("--method", default=None, choices=list(METHODS),
+                   help="default auto (pass-until for --metric pass_until). "
+                        + "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values()))
     p.add_argument("--x", choices=["auto", "flops", "params", "tokens", "loss"],
-                   help="choice-mass: the scale margins are modelled in (default auto: flops where known, else "
-                        "params; loss chains with step 1 of two-step)")
+                   help="the scale of direct / carry-forward / choice-mass (default auto: flops where known, else "
+                        "params; loss = choice-mass chained with step 1 of two-step) and of pass-until (default params)")
+    p.add_argument("--direct-form", choices=["auto", "sigmoid", "sigmoid_2p", "linear"],
+                   help="direct: the form (default auto: chosen by the ladder's own backtests)")
     p.add_argument("--level", type=float, default=0.9, help="prediction interval level (default 0.9)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--step1", default="auto", choices=["auto", "chinchilla", "power_compute"])
+    p.add_argument("--step1", default="auto", choices=["auto", "rule", "chinchilla", "chinchilla_shared",
+                                                       "power_compute", "power_law"],
+                   help="two-step's scale law: auto = chosen by rolling-origin backtests inside the ladder")
     p.add_argument("--step2", default="sigmoid_loss", choices=["sigmoid_loss", "exponential_loss"])
+    p.add_argument("--ceiling", default="auto", choices=["auto", "anchor", "fixed", "fit"],
+                   help="two-step: where accuracy ends at loss 0 (auto: anchor point for the task's own "
+                        "bpb_correct/nll_correct, fitted otherwise)")
+    p.add_argument("--anchor-weight", type=float, default=1.0, help="weight of the (loss 0, ceiling) point, in "
+                   "data points (default 1)")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="bootstrap intervals only, not widened by the ladder's rolling-origin backtests")
+    p.add_argument("--n-origins", type=int, default=3, help="rolling origins inside the ladder (default 3)")
     p.add_argument("--drop-nonfinite", action="store_true", help="drop NaN/inf values instead of failing")
     p.add_argument("--items", metavar="OUT", help="results store with the per-item data behind the ladder: the "
                    "bootstrap then resamples items too (automatic when LADDER is a store); for choice-mass also "
                    "a per-choice rows file (CSV/CSV.gz/Parquet)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def cmd_toy_ladder(args) -> int:
@@ -443,6 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", type=float, help="non-embedding parameters of the target")
     p.add_argument("--tokens", type=float, help="training tokens of the target")
     p.add_argument("--flops", type=float, help="training compute of the target (default 6 * params * tokens)")
+    p.add_argument("--level", type=float, help="interval level (default: the fit's, usually 0.9)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("trends", help="classify each family x task curve: improving, flat, inverse, u_shaped, "

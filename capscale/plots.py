@@ -94,9 +94,10 @@ def plot_two_step(predictor, records, path: Path) -> Path:
     losses = np.concatenate([step2["loss"].to_numpy(), [f.loss for f in forecasts], known])
     lgrid = np.linspace(losses.min() - 0.05 * np.ptp(losses), losses.max() + 0.05 * np.ptp(losses), 100)
     ax2.scatter(step2["loss"], step2["value"], s=10, color="C0", alpha=0.5, label="ladder checkpoints (smoothed)")
-    ax2.plot(lgrid, s2.predict(loss=lgrid), color="C0", label=f"step 2: {s2.form.name}")
+    ax2.plot(lgrid, predictor.step2_curve(lgrid), color="C0", label=f"step 2: {s2.form.name}"
+             + (f" (ceiling {predictor.ceiling_mode_})" if getattr(predictor, "ceiling_mode_", "fit") != "fit" else ""))
     if predictor.boot_fits_:
-        lo, hi = band(np.array([b2.predict(loss=lgrid) for _, b2 in predictor.boot_fits_]), predictor.level)
+        lo, hi = band(np.array([predictor.step2_curve(lgrid, b2) for _, b2 in predictor.boot_fits_]), predictor.level)
         ax2.fill_between(lgrid, lo, hi, color="C0", alpha=0.15)
     for r, f in zip(records, forecasts):
         first = r is records[0]
@@ -117,23 +118,30 @@ def plot_two_step(predictor, records, path: Path) -> Path:
 
 
 def plot_direct(predictor, records, path: Path) -> Path:
+    """Final checkpoints against the fit's scale input, the fitted curve (a line for carry-forward:
+    the largest run's value) with its band, and the forecasts."""
     plt = _pyplot()
     finals = predictor.data_
-    target_flops = np.array([r.flops for r in records])
-    grid = padded_grid(finals["flops"], target_flops)
+    x = predictor.x_
+    targets = np.array([getattr(r, x) for r in records], dtype=float)
+    grid = padded_grid(finals[x], targets)
     fig, ax = plt.subplots(figsize=(6, 4.2))
-    ax.scatter(finals["flops"], finals["value"], color="C0", label="ladder (final checkpoints)", zorder=3)
-    ax.plot(grid, predictor.fit_.predict(flops=grid), color="C0", label=predictor.fit_.form.name)
-    if predictor.boot_fits_:
-        lo, hi = band(np.array([b.predict(flops=grid) for b in predictor.boot_fits_]), predictor.level)
-        ax.fill_between(grid, lo, hi, color="C0", alpha=0.15, label=f"{predictor.level:.0%} band of the curve")
-    draw_forecasts(ax, records, "flops")
+    ax.scatter(finals[x], finals["value"], color="C0", label="ladder (final checkpoints)", zorder=3)
+    if hasattr(predictor, "curve"):
+        ax.plot(grid, predictor.curve(grid), color="C0", label=predictor.form_used_)
+        if predictor.boot_fits_:
+            lo, hi = band(np.array([predictor.curve(grid, b) for b in predictor.boot_fits_]), predictor.level)
+            ax.fill_between(grid, lo, hi, color="C0", alpha=0.15, label=f"{predictor.level:.0%} band of the curve")
+    else:
+        last = finals[x].max()
+        ax.plot([last, grid.max()], [predictor.last_] * 2, color="C0", ls="--", label=predictor.form_used_)
+    draw_forecasts(ax, records, x)
     if predictor.chance_ is not None:
         ax.axhline(predictor.chance_, color="gray", ls=":", lw=1, label="chance")
     ax.set_xscale("log")
-    ax.set_xlabel("training compute (FLOPs)")
+    ax.set_xlabel({"flops": "training compute (FLOPs)", "params": "parameters", "tokens": "training tokens"}[x])
     ax.set_ylabel(predictor.metric_)
-    ax.set_title(f"{predictor.task_} ({records[0].family}): direct forecast", fontsize=10)
+    ax.set_title(f"{predictor.task_} ({records[0].family}): {predictor.method_name} forecast", fontsize=10)
     ax.legend(fontsize=8)
     return save_figure(fig, path)
 
@@ -163,19 +171,26 @@ def plot_pass_until(predictor, records, path: Path) -> Path:
     return save_figure(fig, path)
 
 
+def plot_forecast(predictor, records, path: Path) -> Path:
+    """The backtest figure of a fitted predictor, by the method it is (auto: the candidate it chose)."""
+    from capscale.laws.registry import METHODS
+
+    predictor = getattr(predictor, "chosen_", predictor)
+    draw = globals()[METHODS[predictor.method_name].plot]
+    return draw(predictor, records, path)
+
+
 def plot_backtest(outcome, out_dir: str | Path, method: str) -> list[Path]:
     """One PNG per (task, family) that was forecast."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for (task, family), predictor in outcome.predictors.items():
-        records = [r for r in outcome.records if r.task == task and r.family == family]
+        records = [r for r in outcome.records if r.task == task and r.family == family and np.isfinite(r.predicted)]
         if not records:
             continue
         path = out_dir / f"{safe_name(task)}--{safe_name(family)}--{method}.png"
-        draw = {"two-step": plot_two_step, "pass-until": plot_pass_until, "pass-until-items": plot_pass_until,
-                "choice-mass": plot_choice_mass_forecast}.get(method, plot_direct)
-        paths.append(draw(predictor, records, path))
+        paths.append(plot_forecast(predictor, records, path))
     return paths
 
 

@@ -197,7 +197,8 @@ def test_fit_predict_round_trip_and_loss_chain(tmp_path, capsys):
     chained = ChoiceMassPredictor(x="loss", n_boot=25).fit(ladder[ladder["model"] != "m6"], "t", "acc",
                                                            loss="nll_correct", items=rows)
     g = chained.predict(params=TARGET / 6e11, tokens=1e11)
-    assert chained.step1_form_ == "power_compute" and g.loss is not None and g.loss_lower <= g.loss_upper
+    assert chained.step1_form_ in ("power_compute", "power_law")  # one size of tokens per parameter: a law in C
+    assert g.loss is not None and g.loss_lower <= g.loss_upper
     assert 0 <= g.lower <= g.upper <= 1
 
 

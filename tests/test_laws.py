@@ -95,7 +95,7 @@ def test_predictors_forecast_a_held_out_size_within_their_interval(cls):
 def test_two_step_chained_forecast_is_close_and_reports_loss():
     ladder = synthetic_ladder(noise=0.003)
     predictor = TwoStepPredictor(n_boot=100).fit(ladder[ladder["params"] < 2e8], "t", "acc", "bpb_correct")
-    assert predictor.step1_form_ == "chinchilla"  # tokens per parameter vary (an over-trained run)
+    assert predictor.step1_form_.startswith("chinchilla")  # tokens per parameter vary (an over-trained run)
     f = predictor.predict(params=3e8, tokens=6e9)
     assert abs(f.value - truth_at(3e8, 6e9)) < 0.02
     assert f.loss_lower <= f.loss <= f.loss_upper
@@ -130,7 +130,7 @@ def test_backtest_cli_json_contract(tmp_path, capsys):
     [
         (lambda df: df.drop(columns=["tokens"]), "tokens"),
         (lambda df: df.assign(value=np.where(np.arange(len(df)) == 5, np.nan, df["value"])), "NaN"),
-        (lambda df: df[df["model"].isin(["m0", "m7"])], "cannot determine"),
+        (lambda df: df[df["model"].isin(["m0", "m7"])], "no held-out model could be forecast"),
     ],
 )
 def test_bad_tables_give_clear_errors(tmp_path, capsys, mutate, message):

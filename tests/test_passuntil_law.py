@@ -241,7 +241,9 @@ def test_backtest_on_a_pass_until_only_ladder_keeps_the_record_contract():
         assert list(contract) == RECORD_KEYS and contract["model"] == "m7"
         assert contract["lower"] <= contract["upper"] and contract["abs_error"] < 0.15
     missing = run_backtest(ladder, "params > 5e9", metric="pass_until", method="pass-until-items", n_boot=10)
-    assert not missing.records and "per-item sample counts" in missing.skipped[0][2]
+    (record,) = missing.records  # never skipped silently: a record without a forecast, and why
+    assert record.contract()["predicted"] is None and "per-item sample counts" in record.reason
+    assert "per-item sample counts" in missing.skipped[0][2]
 
 
 def test_cli_backtest_with_metric_pass_until_uses_the_passuntil_law(tmp_path, capsys):

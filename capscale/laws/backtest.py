@@ -2,12 +2,14 @@
 
 For every task and every held-out run (family + model, at its last step) a predictor is fitted
 on the remaining runs *of the same family* (families are different training setups and are
-never pooled into one curve) and forecasts the run from its params, tokens and flops.
-Tasks are independent, so they run in parallel worker processes.
+never pooled into one curve) and forecasts the run from its params, tokens and flops. A run that
+cannot be forecast still gets a record, with no prediction and the reason, so nothing is skipped
+silently. Tasks are independent, so they run in parallel worker processes.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import asdict, dataclass
 
@@ -16,13 +18,15 @@ import pandas as pd
 
 from capscale.errors import CapscaleError
 from capscale.ladder import final_checkpoints, holdout_split
-from capscale.laws.choicemass import ChoiceMassPredictor
-from capscale.laws.passuntil import PassUntilPredictor
-from capscale.laws.predictors import DirectPredictor, Forecast, TwoStepPredictor
+from capscale.laws.base import STANDARD_LEVELS, Forecast
+from capscale.laws.registry import MethodOptions, make_predictor
 
 RECORD_KEYS = ["task", "family", "model", "params", "tokens", "flops", "predicted", "lower", "upper", "actual",
-               "abs_error"]
-METHODS = ("two-step", "direct", "pass-until", "pass-until-items", "choice-mass")
+               "abs_error", "lower_50", "upper_50", "lower_80", "upper_80", "method_used", "form_used", "n_points",
+               "internal_error", "reason"]
+"""The JSON record of a backtest: the forecast with its interval at the requested level (lower, upper)
+and at 50% and 80%, what made it (method, form, how many runs), the method's error on the ladder's
+own held-out runs, and, for a run that could not be forecast, the reason (predicted is null then)."""
 
 
 @dataclass
@@ -38,61 +42,88 @@ class BacktestRecord:
     upper: float
     actual: float
     abs_error: float
+    lower_50: float = math.nan
+    upper_50: float = math.nan
+    lower_80: float = math.nan
+    upper_80: float = math.nan
+    method_used: str = ""
+    form_used: str = ""
+    n_points: int = 0
+    internal_error: float | None = None
+    reason: str = ""
     actual_loss: float | None = None  # the held-out run's true task loss, for plots (not in the JSON contract)
 
     def contract(self) -> dict:
-        """The JSON record of the backtest contract, exactly these keys."""
-        return {k: getattr(self, k) for k in RECORD_KEYS}
+        """The JSON record of the backtest contract, exactly RECORD_KEYS; NaN becomes null."""
+        return {k: json_value(getattr(self, k)) for k in RECORD_KEYS}
+
+
+def json_value(value):
+    if isinstance(value, (float, np.floating)):
+        return None if not np.isfinite(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
 
 
 @dataclass
 class BacktestOutcome:
     records: list[BacktestRecord]
-    forecasts: list[Forecast]
+    forecasts: list[Forecast | None]  # None where the record has a reason instead of a forecast
     skipped: list[tuple[str, str, str]]  # (task, family, reason)
     predictors: dict  # (task, family) -> fitted predictor (for plots)
 
 
-def make_predictor(method: str, level: float, n_boot: int, seed: int, step1: str = "auto",
-                   step2: str = "sigmoid_loss", x: str | None = None):
-    if method == "two-step":
-        return TwoStepPredictor(step1=step1, step2=step2, level=level, n_boot=n_boot, seed=seed)
-    if method == "direct":
-        return DirectPredictor(level=level, n_boot=n_boot, seed=seed)
-    if method in ("pass-until", "pass-until-items"):  # PU(N) = exp(-c N^-alpha), task-level or per item
-        return PassUntilPredictor(per_item=method == "pass-until-items", level=level, n_boot=n_boot, seed=seed)
-    if method == "choice-mass":  # per-item margins over each incorrect choice, pooled across items
-        return ChoiceMassPredictor(x=x or "auto", level=level, n_boot=n_boot, seed=seed, step1=step1)
-    raise CapscaleError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+def record_for(task: str, family: str, row, forecast: Forecast | None, reason: str = "",
+               actual_loss: float | None = None) -> BacktestRecord:
+    actual = float(row["value"])
+    scale = (float(row["params"]), float(row["tokens"]), float(row["flops"]))
+    if forecast is None:
+        return BacktestRecord(task, family, row["model"], *scale, math.nan, math.nan, math.nan, actual, math.nan,
+                              reason=reason, actual_loss=actual_loss)
+    lo50, hi50 = forecast.interval(0.5)
+    lo80, hi80 = forecast.interval(0.8)
+    return BacktestRecord(task, family, row["model"], *scale, forecast.value, forecast.lower, forecast.upper, actual,
+                          abs(forecast.value - actual), lo50, hi50, lo80, hi80, forecast.method_used,
+                          forecast.form_used, forecast.n_points, forecast.internal_error, "", actual_loss)
 
 
 def backtest_task(train: pd.DataFrame, held: pd.DataFrame, task: str, metric: str, loss: str, loss_task: str | None,
-                  make, items: pd.DataFrame | None = None) -> tuple[list, list, list, dict]:
+                  make, items: pd.DataFrame | None = None, progress=None) -> tuple[list, list, list, dict]:
     """Forecast every held-out run of one task; returns (records, forecasts, skipped, predictors)."""
     records, forecasts, skipped, predictors = [], [], [], {}
     held_task = final_checkpoints(held[(held["task"] == task) & (held["metric"] == metric)])
-    held_loss = held[(held["task"] == (loss_task or task)) & (held["metric"] == loss)]
+    held_loss = held[(held["task"] == (loss_task or task)) & (held["metric"] == loss)] if loss else held.iloc[:0]
     for family, targets in held_task.groupby("family", sort=True):
         family_train = train[train["family"] == family]
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                predictor = make().fit(family_train, task, metric, loss, loss_task=loss_task, items=items)
-        except CapscaleError as e:
-            skipped.append((task, family, str(e)))
-            continue
-        predictors[(task, family)] = predictor
+        predictor, reason = None, ""
+        if family_train.empty:
+            reason = f"family {family!r} has no run left to fit on"
+        else:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    predictor = make().fit(family_train, task, metric, loss, loss_task=loss_task, items=items)
+            except CapscaleError as e:
+                reason = str(e)
+        if predictor is None:
+            skipped.append((task, family, reason))
+        else:
+            predictors[(task, family)] = predictor
         for _, row in targets.iterrows():
-            forecast = predictor.predict(params=row["params"], tokens=row["tokens"], flops=row["flops"])
             true_loss = held_loss[(held_loss["family"] == family) & (held_loss["model"] == row["model"])
                                   & ((held_loss["step"] == row["step"]) | (held_loss["step"].isna() & pd.isna(row["step"])))]
+            actual_loss = float(true_loss["value"].iloc[0]) if len(true_loss) else None
+            forecast, why = None, reason
+            if predictor is not None:
+                try:
+                    forecast = predictor.predict(params=row["params"], tokens=row["tokens"], flops=row["flops"])
+                except CapscaleError as e:
+                    why = str(e)
             forecasts.append(forecast)
-            records.append(BacktestRecord(
-                task, family, row["model"], float(row["params"]), float(row["tokens"]), float(row["flops"]),
-                forecast.value, forecast.lower, forecast.upper, float(row["value"]),
-                abs(forecast.value - float(row["value"])),
-                float(true_loss["value"].iloc[0]) if len(true_loss) else None,
-            ))
+            records.append(record_for(task, family, row, forecast, why, actual_loss))
+        if progress is not None:
+            progress()
     return records, forecasts, skipped, predictors
 
 
@@ -103,7 +134,7 @@ def run_backtest(
     metric: str = "acc",
     loss: str = "bpb_correct",
     loss_task: str | None = None,
-    method: str = "two-step",
+    method: str = "auto",
     tasks: list[str] | None = None,
     level: float = 0.9,
     n_boot: int = 1000,
@@ -113,12 +144,16 @@ def run_backtest(
     jobs: int = 1,
     items: pd.DataFrame | None = None,
     x: str | None = None,
+    ceiling: str = "auto",
+    anchor_weight: float = 1.0,
+    calibrate: bool = True,
+    options: MethodOptions | None = None,
+    progress: bool = False,
 ) -> BacktestOutcome:
-    """``items``: per-item metrics (capscale.metrics.item_metrics) of the ladder's checkpoints, or for the
-    pass-until methods per-item sample counts (checkpoint, task, item, n_drawn, n_correct, until), or for
-    "choice-mass" the per-choice rows (required); when given, every bootstrap resample also resamples the
-    benchmark items ("pass-until-items" requires them). ``x``: choice-mass's scale (auto, flops, params,
-    tokens, loss)."""
+    """``items``: the per-item data the method reads (see capscale.laws.registry: per-choice rows,
+    their item metrics, or per-item sample counts); when given, every bootstrap resample also
+    resamples the benchmark items. ``options`` replaces the individual method options.
+    ``progress``: a bar over tasks (and, with one job, over bootstrap refits)."""
     train, held = holdout_split(ladder, holdout)
     available = sorted(held.loc[held["metric"] == metric, "task"].unique())
     if tasks:
@@ -128,20 +163,31 @@ def run_backtest(
         available = [t for t in available if t in tasks]
     if not available:
         raise CapscaleError(f"the held-out rows have no metric {metric!r}")
+    options = options or MethodOptions(level=level, n_boot=n_boot, seed=seed, step1=step1, step2=step2, x=x,
+                                       ceiling=ceiling, anchor_weight=anchor_weight, calibrate=calibrate)
 
     def make():
-        return make_predictor(method, level, n_boot, seed, step1, step2, x)
+        return make_predictor(method, options)
 
-    def one(task):
+    def one(task, tick=None):
         task_items = None if items is None else items[items["task"].isin([task, loss_task or task])]
-        return backtest_task(train, held, task, metric, loss, loss_task, make, task_items)
+        return backtest_task(train, held, task, metric, loss, loss_task, make, task_items, tick)
 
-    if jobs > 1 and len(available) > 1:
-        from joblib import Parallel, delayed
+    from capscale.progress import task_bar
 
-        results = Parallel(n_jobs=jobs)(delayed(one)(t) for t in available)
-    else:
-        results = [one(t) for t in available]
+    with task_bar(len(available), "backtest", enabled=progress, nested=jobs <= 1) as bar:
+        if jobs > 1 and len(available) > 1:
+            from joblib import Parallel, delayed
+
+            results = []
+            for result in Parallel(n_jobs=jobs, return_as="generator")(delayed(one)(t) for t in available):
+                results.append(result)
+                bar.task_done()
+        else:
+            results = []
+            for t in available:
+                results.append(one(t))
+                bar.task_done()
     outcome = BacktestOutcome([], [], [], {})
     for records, forecasts, skipped, predictors in results:
         outcome.records += records
@@ -155,15 +201,25 @@ def summary_table(outcome: BacktestOutcome) -> pd.DataFrame:
     df = pd.DataFrame([asdict(r) for r in outcome.records])
     if df.empty:
         return df
-    df["inside"] = (df["actual"] >= df["lower"]) & (df["actual"] <= df["upper"])
-    df["loss_pred"] = [f.loss for f in outcome.forecasts]
-    df["warnings"] = ["; ".join(f.warnings) for f in outcome.forecasts]
+    forecast = df["predicted"].notna()
+    for level, (lo, hi) in {0.5: ("lower_50", "upper_50"), 0.8: ("lower_80", "upper_80"),
+                            None: ("lower", "upper")}.items():
+        inside = (df["actual"] >= df[lo]) & (df["actual"] <= df[hi])
+        df["inside" if level is None else f"inside_{int(level * 100)}"] = inside.where(forecast, np.nan)
+    df["loss_pred"] = [f.loss if f is not None else np.nan for f in outcome.forecasts]
+    df["warnings"] = ["; ".join(f.warnings) if f is not None else "" for f in outcome.forecasts]
     return df
 
 
-def coverage(df: pd.DataFrame) -> float:
-    return float(df["inside"].mean()) if len(df) else float("nan")
+def coverage(df: pd.DataFrame, column: str = "inside") -> float:
+    values = df[column].dropna() if len(df) else df
+    return float(values.astype(float).mean()) if len(values) else float("nan")
 
 
 def mean_abs_error(df: pd.DataFrame) -> float:
-    return float(np.mean(df["abs_error"])) if len(df) else float("nan")
+    values = df["abs_error"].dropna() if len(df) else df
+    return float(np.mean(values)) if len(values) else float("nan")
+
+
+__all__ = ["RECORD_KEYS", "BacktestRecord", "BacktestOutcome", "run_backtest", "summary_table", "coverage",
+           "mean_abs_error", "STANDARD_LEVELS", "make_predictor"]

@@ -65,18 +65,12 @@ import pandas as pd
 
 from capscale.errors import CapscaleError
 from capscale.ladder import final_checkpoints
-from capscale.laws.fitting import FitError, FitResult, fit_form, one_blas_thread
-from capscale.laws.forms import SCALE_INPUTS, get_form
-from capscale.laws.predictors import (
-    BasePredictor,
-    Forecast,
-    RunColumns,
-    TwoStepPredictor,
-    boot_warning,
-    extrapolation_warning,
-    percentile_interval,
-    run_keys,
-)
+from capscale.laws.fitting import FitError, FitResult, one_blas_thread
+from capscale.laws.forms import SCALE_INPUTS
+from capscale.laws.base import Forecast, RunColumns, run_keys
+from capscale.laws.calibration import DEFAULT_GROWTH
+from capscale.laws.predictors import STEP1_FORMS, TaskPredictor, TwoStepPredictor, fit_step1, n_free, predict_loss
+from capscale.schema import target_scale
 
 SCORE_OF = {"acc": "raw", "p_correct": "raw", "brier": "raw", "acc_norm": "chars", "acc_bytes": "bytes"}
 LENGTH_COLUMN = {"chars": "n_chars", "bytes": "n_bytes"}
@@ -495,7 +489,7 @@ def item_outcomes(draws: np.ndarray, pairs: MarginPairs, modelled: np.ndarray, n
 # --- the predictor -------------------------------------------------------------------------
 
 
-class ChoiceMassPredictor(BasePredictor):
+class ChoiceMassPredictor(TaskPredictor):
     """Per-item margins of the gold choice over each incorrect choice, pooled across items, extrapolated
     in scale; accuracy = expected share of items won (module docstring).
 
@@ -505,9 +499,12 @@ class ChoiceMassPredictor(BasePredictor):
     scale), ``boot_fits_`` (per-replicate pooling), ``n_boot_failed_``, ``extent_``, ``fit_warnings_``.
     """
 
+    method_name = "choice-mass"
+
     def __init__(self, x: str = "auto", checkpoints: str = "auto", level: float = 0.9, n_boot: int = 1000,
-                 seed: int = 0, noise_prior_df: float = 4.0, n_draws: int = 400, step1: str = "auto"):
-        super().__init__(level, n_boot, seed)
+                 seed: int = 0, noise_prior_df: float = 4.0, n_draws: int = 400, step1: str = "auto",
+                 calibrate=True, n_origins=3, growth=DEFAULT_GROWTH, n_boot_origin=100):
+        super().__init__(level, n_boot, seed, calibrate, n_origins, growth, n_boot_origin)
         self.x = x
         self.checkpoints = checkpoints
         self.noise_prior_df = noise_prior_df
@@ -585,6 +582,9 @@ class ChoiceMassPredictor(BasePredictor):
                 self.n_boot_failed_ += 1
                 continue
             self.boot_fits_.append({"replicate": b, "mu": mu, "tau": tau, "noise": noise, "step1": step1})
+        self.n_runs_ = int(meta[["family", "model"]].drop_duplicates().shape[0]) if "model" in meta else len(meta)
+        self.form_used_ = f"choice-mass in {self.x_}"
+        self._calibrate(ladder, task, metric, loss, loss_task, items)
         return self
 
     def _scale_values(self, ladder, meta, task, loss, loss_task):
@@ -602,26 +602,22 @@ class ChoiceMassPredictor(BasePredictor):
         if len(joined) < 2:
             raise CapscaleError(f"task {task!r}: fewer than two checkpoints have the loss {loss!r}")
         finals = final_checkpoints(series.rename(columns={"value": "loss"}))
-        two_step = TwoStepPredictor(step1=self.step1)
-        self.step1_form_ = two_step.choose_step1(finals)
-        form = get_form(self.step1_form_)
+        two_step = TwoStepPredictor(step1=self.step1, n_origins=self.n_origins)
+        self.step1_form_ = two_step.choose_step1(finals, finals["loss"].to_numpy(float))
         self.step1_data_ = finals
-        self.step1_fit_ = fit_form(form, {k: finals[k].to_numpy(float) for k in form.inputs},
-                                   finals["loss"].to_numpy(float))
-        self.extent_step1_ = {k: float(finals[k].max()) for k in form.inputs}
+        self.step1_fit_ = fit_step1(self.step1_form_, finals, finals["loss"].to_numpy(float))
+        self.extent_step1_ = {k: float(finals[k].max()) for k in self.step1_fit_.form.inputs}
         return joined["value"].to_numpy(float), joined.drop(columns="value")
 
     def _refit_step1(self, b: int, runs, columns) -> FitResult:
-        form = get_form(self.step1_form_)
         rng = np.random.default_rng([self.seed, b, 2])
         sample = rng.integers(0, len(runs), len(runs))
-        if len(np.unique(sample)) < len(form.param_names):
+        if len(np.unique(sample)) < n_free(*STEP1_FORMS[self.step1_form_]):
             raise FitError("too few distinct runs in this resample for step 1")
         finals = self.step1_data_
-        base = {k: finals[k].to_numpy(float) for k in (*form.inputs, "loss")}
+        base = {k: finals[k].to_numpy(float) for k in ("params", "tokens", "flops", "loss")}
         data = columns.take(base, sample)
-        return fit_form(form, {k: data[k] for k in form.inputs}, data["loss"], starts=[self.step1_fit_.params],
-                        reference=self.step1_fit_.reference)
+        return fit_step1(self.step1_form_, pd.DataFrame(data), data["loss"], warm=self.step1_fit_)
 
     def _item_counts(self, b: int, n_items: int) -> np.ndarray:
         """Replicate b's item multiplicities, regenerated from (seed, b): a saved fit needs not store them."""
@@ -663,7 +659,7 @@ class ChoiceMassPredictor(BasePredictor):
 
     def _z_target(self, target: dict, step1: FitResult | None = None) -> tuple[float, float | None]:
         if self.x_ == "loss":
-            loss = TwoStepPredictor().predict_loss(target, step1 or self.step1_fit_)
+            loss = predict_loss(target, step1 or self.step1_fit_)
             return (loss - self.reference_[0]) / self.reference_[1], loss
         value = target.get(self.x_)
         if value is None or not np.isfinite(float(value)) or float(value) <= 0:
@@ -679,10 +675,8 @@ class ChoiceMassPredictor(BasePredictor):
     def _outcomes(self, draws):
         return item_outcomes(draws, self.pairs_, self.modelled_, len(self.items_), self.raw_)
 
-    def predict_metrics(self, params=None, tokens=None, flops=None) -> dict[str, Forecast]:
-        """Forecasts of every metric the margin model gives: the fitted accuracy, and p_correct and brier
-        when the margins are raw log-likelihoods (acc / p_correct / brier fits)."""
-        target = target_dict(params, tokens, flops)
+    def _metric_draws(self, target: dict) -> tuple[dict, dict, float | None, list]:
+        """Point values and bootstrap draws of every metric the margin model gives at the target."""
         zt, loss = self._z_target(target)
         pop = self.population_
         rng = np.random.default_rng([self.seed, 1])
@@ -708,20 +702,32 @@ class ChoiceMassPredictor(BasePredictor):
                 boot["brier"].append(float(counts @ br_b[0]) / n_items)
             if lb is not None:
                 boot_loss.append(lb)
-        warnings = (list(self.fit_warnings_) + extrapolation_warning(self.extent_, target)
-                    + boot_warning(self.n_boot_failed_, self.n_boot))
-        loss_lower, loss_upper = percentile_interval(np.array(boot_loss), self.level) if boot_loss else (None, None)
-        out = {}
-        for name, value in values.items():
-            draws = np.array(boot[name])
-            lower, upper = percentile_interval(draws, self.level) if len(draws) else (np.nan, np.nan)
-            out[name] = Forecast(value, lower, upper, self.level, loss, loss_lower, loss_upper, len(draws),
-                                 self.n_boot_failed_, list(warnings))
-        return out
+        return values, {k: np.array(v) for k, v in boot.items()}, loss, boot_loss
 
-    def predict(self, params=None, tokens=None, flops=None) -> Forecast:
-        forecasts = self.predict_metrics(params, tokens, flops)
-        return forecasts[self.metric_ if self.metric_ in forecasts else ("acc" if self.raw_ else self.metric_)]
+    def _main_metric(self, values: dict) -> str:
+        return self.metric_ if self.metric_ in values else ("acc" if self.raw_ else self.metric_)
+
+    def predictive_draws(self, params=None, tokens=None, flops=None) -> tuple[float, np.ndarray]:
+        values, draws, _, _ = self._metric_draws(target_scale(params, tokens, flops))
+        main = self._main_metric(values)
+        return values[main], draws[main]
+
+    def predict_metrics(self, params=None, tokens=None, flops=None, level: float | None = None) -> dict[str, Forecast]:
+        """Forecasts of every metric the margin model gives: the fitted accuracy (calibrated), and p_correct
+        and brier when the margins are raw log-likelihoods (acc / p_correct / brier fits)."""
+        target = target_scale(params, tokens, flops)
+        values, draws, loss, boot_loss = self._metric_draws(target)
+        level_ = self.level if level is None else level
+        loss_lower, loss_upper = self._loss_interval(loss, np.array(boot_loss), level_) if boot_loss else (None, None)
+        main = self._main_metric(values)
+        return {name: self._forecast(value, draws[name], target, level, metric=name, calibrated=name == main,
+                                     loss=loss, loss_lower=loss_lower, loss_upper=loss_upper,
+                                     **self._forecast_fields(target, level))
+                for name, value in values.items()}
+
+    def predict(self, params=None, tokens=None, flops=None, level: float | None = None) -> Forecast:
+        forecasts = self.predict_metrics(params, tokens, flops, level)
+        return forecasts[self._main_metric(forecasts)]
 
     def expected_curve(self, values) -> np.ndarray:
         """Expected accuracy of the full fit at scale (or loss) ``values``: for plots, no interval."""
@@ -743,7 +749,7 @@ class ChoiceMassPredictor(BasePredictor):
         distractor gains on the gold choice as models improve), the margin observed at the largest checkpoint where the
         item was seen, the predicted margin at the target, P(this margin < 0) and P(item wrong) there,
         and whether the item flips from right to wrong (> 50%). Sorted by slope, most-gaining first."""
-        target = target_dict(params, tokens, flops)
+        target = target_scale(params, tokens, flops)
         zt, _ = self._z_target(target)
         pop = self.population_
         means, covs, _ = posterior(self.stats_, pop.mu, pop.tau, pop.sigma2)
@@ -843,17 +849,6 @@ def fit_dict(fit: FitResult | None):
 
 def fit_from(d):
     return None if d is None else FitResult.from_dict(d)
-
-
-def target_dict(params=None, tokens=None, flops=None) -> dict:
-    """The target's scale; NaN counts as unknown (ladder tables leave unknown tokens/flops empty)."""
-    def known(v):
-        return None if v is None or not np.isfinite(float(v)) else float(v)
-
-    params, tokens, flops = known(params), known(tokens), known(flops)
-    if flops is None and params is not None and tokens is not None:
-        flops = 6.0 * params * tokens
-    return {"params": params, "tokens": tokens, "flops": flops}
 
 
 def checkpoint_meta(ladder: pd.DataFrame, task: str) -> pd.DataFrame:

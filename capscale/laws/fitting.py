@@ -19,6 +19,7 @@ from threadpoolctl import threadpool_limits
 
 from capscale.errors import CapscaleError
 from capscale.laws.forms import Form, get_form, normalise_inputs
+from capscale.laws.solver import batch_objective, solve_batch
 
 DEFAULT_DELTA = {"log": 1e-3, "linear": 1e-2}
 
@@ -120,8 +121,9 @@ def start_points(form: Form, free: list[str], y: np.ndarray) -> list[dict]:
 
 def best_starts(grid: list[dict], free: list[str], objective, n_best: int) -> list[dict]:
     """The ``n_best`` grid points with the lowest objective (ties keep grid order): running
-    L-BFGS-B from every point of a 100-point grid costs 10x more and finds the same optimum."""
-    values = [objective(np.array([g[p] for p in free], dtype=float))[0] for g in grid]
+    L-BFGS-B from every point of a 100-point grid costs 10x more and finds the same optimum.
+    ``objective`` maps an array of points [G, P] to their objectives [G]."""
+    values = objective(np.array([[g[p] for p in free] for g in grid], dtype=float))
     order = np.argsort(values, kind="stable")[:n_best]
     return [grid[i] for i in order]
 
@@ -132,15 +134,22 @@ def fit_form(
     y,
     *,
     fixed: dict | None = None,
-    delta: float | None = None,
+    delta=None,
     starts: list[dict] | None = None,
     weights=None,
     reference: dict | None = None,
     n_best: int = 8,
+    extra_starts: list[dict] | None = None,
 ) -> FitResult:
     """Fit ``form`` to (inputs, y). ``fixed`` pins parameters (e.g. b = chance); ``starts``
     replaces the grid and ``reference`` the input normalisation (a bootstrap refit warm-starts
-    from the full-data optimum in the full-data coordinates)."""
+    from the full-data optimum in the full-data coordinates). ``delta``: the Huber threshold, one
+    number or one per point (``np.inf`` = a squared loss for that point, e.g. an anchor that a
+    threshold sized for data residuals must not clip). ``weights``: one per point. ``extra_starts``
+    join the grid's best (e.g. the optimum without an anchor point, a good start with it).
+
+    The starts are refined together by the batched Levenberg-Marquardt of ``capscale.laws.solver``
+    and the best is polished by L-BFGS-B, so the optimum is L-BFGS-B's from the best start."""
     fixed = dict(fixed or {})
     y = np.asarray(y, dtype=float)
     if not np.all(np.isfinite(y)):
@@ -178,16 +187,21 @@ def fit_form(
             res = minimize(objective, x0, jac=True, method="L-BFGS-B", bounds=bounds)
         return res.x, float(res.fun), bool(res.success)
 
-    candidates = starts if starts is not None else best_starts(start_points(form, free, y), free, objective, n_best)
-    best_x, best_fun, n_converged = None, np.inf, 0
+    def grid_objective(points: np.ndarray) -> np.ndarray:
+        return batch_objective(form, points, free, fixed, z, y, w, d)
+
+    candidates = starts if starts is not None else best_starts(start_points(form, free, y), free, grid_objective, n_best)
+    candidates = list(candidates) + [{p: s[p] for p in free} for s in (extra_starts or [])]
     with one_blas_thread():
-        for start in candidates:
-            x, fun, success = solve(np.array([start[p] for p in free], dtype=float))
-            if not success or not np.isfinite(fun) or fun >= 1e30:
-                continue
-            n_converged += 1
-            if fun < best_fun:
-                best_x, best_fun = x, fun
+        x0 = np.array([[start[p] for p in free] for start in candidates], dtype=float)
+        xs, fs, ok = solve_batch(form, free, fixed, z, y, w, x0, d)
+        n_converged = int(ok.sum())
+        k = int(np.argmin(fs))  # the lowest objective reached, converged or still creeping
+        polished, fun, success = solve(xs[k])
+        best_x, best_fun = (xs[k], float(fs[k])) if ok[k] else (None, np.inf)
+        if success and np.isfinite(fun) and fun < 1e30 and fun <= fs[k] * (1 + 1e-9) + 1e-300:
+            best_x, best_fun = polished, fun
+            n_converged = max(n_converged, 1)
     if best_x is None:
         raise FitError(f"{form.name}: no start of {len(candidates)} converged on {len(y)} points")
     params = {**fixed, **{p: float(v) for p, v in zip(free, best_x)}}
@@ -195,3 +209,26 @@ def fit_form(
         form=form, params=params, reference=reference, objective=float(best_fun), fixed=fixed, n_points=len(y),
         n_starts=len(candidates), n_converged=n_converged, residuals=residuals(form, params, z, y),
     )
+
+
+def refit_many(fit: FitResult, inputs: dict, y, weights, delta=None) -> list[FitResult | None]:
+    """Refits of a fitted form on many weighted versions of its data at once (a bootstrap: the
+    weights are how often each point was drawn; ``inputs`` and ``y`` may differ per resample,
+    [B, n], when benchmark items are redrawn too), warm-started from ``fit``'s optimum in its
+    coordinates. A refit that does not converge is None (counted as failed by the caller)."""
+    form, fixed = fit.form, fit.fixed
+    free = [p for p in form.param_names if p not in fixed]
+    w = np.asarray(weights, dtype=float)
+    B = w.shape[0]
+    y = np.asarray(y, dtype=float)
+    if B == 0:
+        return []
+    z, _ = normalise_inputs(form, inputs, fit.reference)
+    d = delta if delta is not None else DEFAULT_DELTA[form.space]
+    x0 = np.tile([fit.params[p] for p in free], (B, 1))
+    with one_blas_thread():
+        xs, fs, ok = solve_batch(form, free, fixed, z, y, w, x0, d)
+    n = y.shape[-1]
+    return [FitResult(form=form, params={**fixed, **{p: float(v) for p, v in zip(free, xs[b])}}, reference=fit.reference,
+                      objective=float(fs[b]), fixed=fixed, n_points=n, n_starts=1, n_converged=1) if ok[b] else None
+            for b in range(B)]

@@ -18,6 +18,13 @@ Forms (all from the literature):
 - ``pass_until_power``  PU(N) = exp(-c * N^-alpha) = exp(-exp(a - alpha * (ln N - n0))), a = ln c - alpha n0
                      the PassUntil task law of Hu et al. 2023 (arXiv 2310.03262); log(-log PU) is
                      linear in ln N. ``pass_until_power_tokens`` / ``_flops``: the same law in D or C.
+- ``chinchilla_shared``  L(N, D) = E + A / N^alpha + B / D^alpha: one exponent for both (4 free
+                     parameters; Gadre et al. 2024 and Hoffmann et al.'s approach 3 in its symmetric form)
+- ``exponential_loss_pinned``  the exponential form with err(L = 0) = 1 - ceiling exactly: a perfect
+                     model is always right (the fixed-ceiling alternative to the OLMo ladder's anchor point)
+- ``sigmoid_<x>`` / ``linear_<x>`` for x in params, tokens, flops: metric against one scale input, a
+                     sigmoid in log x or a straight line in log x (the short-ladder direct forms; the
+                     2-parameter sigmoid is ``sigmoid_<x>`` with a = 1 and b = chance fixed)
 The sigmoids' height is a share ``a`` of the room above the floor ``b``, so they never exceed 1.
 """
 
@@ -98,11 +105,6 @@ def _sigmoid_loss_gradient(t, z):
     return _sigmoid_gradient(t, -t["k"] * d, -d, t["k"], "z0")
 
 
-def _sigmoid_compute_gradient(t, z):
-    d = z["flops"] - t["x0"]
-    return _sigmoid_gradient(t, t["k"] * d, d, -t["k"], "x0")
-
-
 def _exponential_loss_gradient(t, z):
     e = np.exp(t["kappa"] - t["gamma"] * z["loss"])
     return {"eps": np.ones_like(e), "kappa": -e, "gamma": z["loss"] * e}
@@ -159,18 +161,87 @@ EXPONENTIAL_LOSS = Form(
     gradient=_exponential_loss_gradient,
 )
 
-SIGMOID_COMPUTE = Form(
-    name="sigmoid_compute",
-    inputs=("flops",),
-    param_names=("a", "k", "x0", "b"),
-    formula=lambda t, z: t["b"] + (1.0 - t["b"]) * t["a"] * _sigmoid(t["k"] * (z["flops"] - t["x0"])),
-    bounds={"a": (0.0, 1.0), "k": (-10.0, 10.0), "x0": (-30.0, 30.0), "b": (0.0, 1.0)},
-    start_grid={"a": (0.4, 0.9), "k": (-0.5, 0.3, 1.0), "x0": (-2.0, 0.0, 2.0, 5.0), "b": (0.0, 0.25)},
-    space="linear",
-    description="acc(C) = b + (1 - b) a / (1 + exp(-k (ln C - x0)))  (b = chance when known)",
-    gradient=_sigmoid_compute_gradient,
+def _chinchilla_shared_gradient(t, z):
+    en = np.exp(t["a"] - t["alpha"] * z["params"])
+    ed = np.exp(t["b"] - t["alpha"] * z["tokens"])
+    return {"E": np.ones_like(en), "a": en, "b": ed, "alpha": -z["params"] * en - z["tokens"] * ed}
+
+
+CHINCHILLA_SHARED = Form(
+    name="chinchilla_shared",
+    inputs=("params", "tokens"),
+    param_names=("E", "a", "b", "alpha"),
+    formula=lambda t, z: t["E"] + np.exp(t["a"] - t["alpha"] * z["params"]) + np.exp(t["b"] - t["alpha"] * z["tokens"]),
+    bounds={"E": (0.0, 1e3), "a": (-20.0, 10.0), "b": (-20.0, 10.0), "alpha": (0.0, 3.0)},
+    start_grid={"E": (0.0, 0.5, 0.9), "a": (-2.0, 0.0), "b": (-2.0, 0.0), "alpha": (0.1, 0.3, 0.7)},
+    grid_scale={"E": "min_y"},
+    space="log",
+    description="L(N, D) = E + A / N^alpha + B / D^alpha",
+    gradient=_chinchilla_shared_gradient,
 )
 
+
+def _exponential_pinned(t, z):
+    return t["e0"] + np.exp(t["kappa"] - t["gamma"] * t["zc"]) - np.exp(t["kappa"] - t["gamma"] * z["loss"])
+
+
+def _exponential_pinned_gradient(t, z):
+    at_zero = np.exp(t["kappa"] - t["gamma"] * t["zc"])
+    here = np.exp(t["kappa"] - t["gamma"] * z["loss"])
+    return {"kappa": at_zero - here, "gamma": -t["zc"] * at_zero + z["loss"] * here}
+
+
+EXPONENTIAL_LOSS_PINNED = Form(
+    name="exponential_loss_pinned",
+    inputs=("loss",),
+    param_names=("kappa", "gamma", "e0", "zc"),  # e0 = 1 - ceiling and zc = z at L = 0 are always fixed
+    formula=_exponential_pinned,
+    bounds={"kappa": (-20.0, 5.0), "gamma": (0.0, 20.0), "e0": (0.0, 1.0), "zc": (-1e3, 1e3)},
+    start_grid={"kappa": (-3.0, -1.0, 0.0), "gamma": (0.1, 0.5, 1.5)},
+    space="linear",
+    description="err(L) = (1 - ceiling) + k (exp(0) - exp(-gamma L)): err(0) = 1 - ceiling",
+    gradient=_exponential_pinned_gradient,
+)
+
+
+def _sigmoid_scale(x: str) -> Form:
+    """acc(x) = b + (1 - b) a sigmoid(k (ln x - x0)): the direct baseline in one scale input."""
+
+    def gradient(t, z):
+        d = z[x] - t["x0"]
+        return _sigmoid_gradient(t, t["k"] * d, d, -t["k"], "x0")
+
+    return Form(
+        name="sigmoid_compute" if x == "flops" else f"sigmoid_{x}",
+        inputs=(x,),
+        param_names=("a", "k", "x0", "b"),
+        formula=lambda t, z: t["b"] + (1.0 - t["b"]) * t["a"] * _sigmoid(t["k"] * (z[x] - t["x0"])),
+        bounds={"a": (0.0, 1.0), "k": (-10.0, 10.0), "x0": (-30.0, 30.0), "b": (0.0, 1.0)},
+        start_grid={"a": (0.4, 0.9), "k": (-0.5, 0.3, 1.0), "x0": (-2.0, 0.0, 2.0, 5.0), "b": (0.0, 0.25)},
+        space="linear",
+        description=f"acc({x}) = b + (1 - b) a / (1 + exp(-k (ln {x} - x0)))  (b = chance when known)",
+        gradient=gradient,
+    )
+
+
+def _linear_scale(x: str) -> Form:
+    """y = c0 + c1 (ln x - centre): two parameters, the honest form for two or three runs."""
+    return Form(
+        name=f"linear_{'compute' if x == 'flops' else x}",
+        inputs=(x,),
+        param_names=("c0", "c1"),
+        formula=lambda t, z: t["c0"] + t["c1"] * z[x],
+        bounds={"c0": (-10.0, 10.0), "c1": (-10.0, 10.0)},
+        start_grid={"c0": (0.0, 0.5), "c1": (-0.05, 0.05)},
+        space="linear",
+        description=f"y = c0 + c1 ln {x}  (linear in log {x})",
+        gradient=lambda t, z: {"c0": np.ones_like(z[x]), "c1": z[x]},
+    )
+
+
+SIGMOID_SCALE = {x: _sigmoid_scale(x) for x in SCALE_INPUTS}
+LINEAR_SCALE = {x: _linear_scale(x) for x in SCALE_INPUTS}
+SIGMOID_COMPUTE = SIGMOID_SCALE["flops"]
 
 
 def _pass_until_power(x: str) -> Form:
@@ -200,8 +271,9 @@ def _pass_until_power(x: str) -> Form:
 
 PASS_UNTIL_POWER = {x: _pass_until_power(x) for x in SCALE_INPUTS}
 
-FORMS: dict[str, Form] = {f.name: f for f in (POWER_COMPUTE, CHINCHILLA, SIGMOID_LOSS, EXPONENTIAL_LOSS,
-                                              SIGMOID_COMPUTE, *PASS_UNTIL_POWER.values())}
+FORMS: dict[str, Form] = {f.name: f for f in (POWER_COMPUTE, CHINCHILLA, CHINCHILLA_SHARED, SIGMOID_LOSS,
+                                              EXPONENTIAL_LOSS, EXPONENTIAL_LOSS_PINNED, *SIGMOID_SCALE.values(),
+                                              *LINEAR_SCALE.values(), *PASS_UNTIL_POWER.values())}
 
 
 def get_form(name: str) -> Form:

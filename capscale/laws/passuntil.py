@@ -67,18 +67,10 @@ from capscale.errors import CapscaleError
 from capscale.ladder import final_checkpoints, metric_series
 from capscale.laws.fitting import FitError, FitResult, residuals
 from capscale.laws.forms import PASS_UNTIL_POWER, SCALE_INPUTS, normalise_inputs
-from capscale.laws.predictors import (
-    BasePredictor,
-    Forecast,
-    ItemResampler,
-    RunColumns,
-    boot_warning,
-    bound,
-    dof_warning,
-    extrapolation_warning,
-    percentile_interval,
-    run_keys,
-)
+from capscale.laws.base import Forecast, ItemResampler, RunColumns, bound, dof_warning, run_keys
+from capscale.laws.calibration import DEFAULT_GROWTH
+from capscale.laws.predictors import TaskPredictor
+from capscale.schema import require_inputs, target_scale
 from capscale.scoring.estimators import pass_until_estimate
 
 P_MAX = 1.0 - 1e-9  # log(-log 1) is -inf; its delta-method weight (log p)^2 is ~1e-18 at this clip
@@ -381,7 +373,7 @@ def interval_rel_var(ladder: pd.DataFrame, points: pd.DataFrame, task: str, metr
     return None
 
 
-class PassUntilPredictor(BasePredictor):
+class PassUntilPredictor(TaskPredictor):
     """PU(x) = exp(-c x^-alpha) on each run's final checkpoint (``per_item=False``), or its per-item form
     mean_i exp(-c_i x^-alpha_i) from per-item sample counts (``per_item=True``); x = params, tokens or flops.
 
@@ -391,9 +383,11 @@ class PassUntilPredictor(BasePredictor):
     (item, log_c, alpha, alpha_own, own_slope), ``alpha_pool_``, ``alpha_spread_``, ``n_items_pooled_``.
     """
 
+    method_name = "pass-until"
+
     def __init__(self, per_item: bool = False, x: str = "params", level: float = 0.9, n_boot: int = 1000,
-                 seed: int = 0):
-        super().__init__(level, n_boot, seed)
+                 seed: int = 0, calibrate=True, n_origins=3, growth=DEFAULT_GROWTH, n_boot_origin=100):
+        super().__init__(level, n_boot, seed, calibrate, n_origins, growth, n_boot_origin)
         self.per_item = per_item
         self.x = x
 
@@ -424,8 +418,12 @@ class PassUntilPredictor(BasePredictor):
         columns = RunColumns(points, runs)
         checkpoints = points["checkpoint"] if "checkpoint" in points else pd.Series([np.nan])
 
+        self.n_runs_ = len(points)
+        self.form_used_ = PASS_UNTIL_POWER[self.x].name + (" per item" if self.per_item else "")
         if self.per_item:
-            return self._fit_items(items, task, points, checkpoints, base, runs, columns)
+            self._fit_items(items, task, points, checkpoints, base, runs, columns)
+            self._calibrate(ladder, task, metric, loss, loss_task, items)
+            return self
 
         resampler = None
         if items is not None and all(c in items.columns for c in ITEM_COLUMNS):
@@ -442,6 +440,7 @@ class PassUntilPredictor(BasePredictor):
         self._summarise_task_law()
         self.noise_ = self._noise(self.fit_.predict(**{self.x: base[self.x]}), base["value"])
         self.boot_fits_, self.n_boot_failed_ = self._bootstrap(fit_once, len(runs), 2, resampler)
+        self._calibrate(ladder, task, metric, loss, loss_task, items)
         return self
 
     def _summarise_task_law(self):
@@ -509,14 +508,6 @@ class PassUntilPredictor(BasePredictor):
         clip = (1e-300, P_MAX)
         return loglog(np.clip(fitted, *clip)) - loglog(np.clip(measured, *clip))
 
-    def _target(self, params=None, tokens=None, flops=None) -> dict:
-        if flops is None and params is not None and tokens is not None:
-            flops = 6.0 * float(params) * float(tokens)
-        target = {"params": params, "tokens": tokens, "flops": flops}
-        if target[self.x] is None:
-            raise CapscaleError(f"the PassUntil law in {self.x} needs the target's {self.x}")
-        return target
-
     def curve(self, values) -> tuple[np.ndarray, np.ndarray]:
         """The fitted task curve at x = ``values`` and each bootstrap refit's curve [n_boot, len(values)]."""
         values = np.atleast_1d(np.asarray(values, dtype=float))
@@ -528,19 +519,31 @@ class PassUntilPredictor(BasePredictor):
             boot = [b.predict(**{self.x: values}) for b in self.boot_fits_]
         return centre, np.array(boot).reshape(len(boot), len(values))
 
-    def predict(self, params=None, tokens=None, flops=None) -> Forecast:
-        target = self._target(params, tokens, flops)
+    def predictive_draws(self, params=None, tokens=None, flops=None) -> tuple[float, np.ndarray]:
+        target = target_scale(params, tokens, flops)
+        require_inputs(target, (self.x,), f"the PassUntil law in {self.x}")
         value, boot = self.curve([float(target[self.x])])
         # a measured value = curve moved by one ladder residual in log(-log PU) (noise_ = fitted - measured)
         shift = self._residual_draws(np.asarray(self.noise_, float), len(boot))
         with np.errstate(over="ignore", divide="ignore"):
             draws = np.exp(-np.exp(loglog(np.clip(boot[:, 0], 1e-300, P_MAX)) - shift))
-        draws = bound(self.metric_, draws)
-        lower, upper = percentile_interval(draws, self.level) if len(draws) else (np.nan, np.nan)
-        return Forecast(float(bound(self.metric_, value[0])), lower, upper, self.level, n_boot=len(draws),
-                        n_boot_failed=self.n_boot_failed_,
-                        warnings=list(getattr(self, "fit_warnings_", [])) + extrapolation_warning(self.extent_, target)
-                        + boot_warning(self.n_boot_failed_, self.n_boot))
+        return float(value[0]), bound(self.metric_, draws)
+
+    def predict(self, params=None, tokens=None, flops=None, level: float | None = None) -> Forecast:
+        """Intervals are centred in log(-log PU), where the law is a line and residuals are additive."""
+        target = target_scale(params, tokens, flops)
+        value, draws = self.predictive_draws(**target)
+        return self._forecast(value, draws, target, level, link=(pu_link, pu_unlink),
+                              **self._forecast_fields(target, level))
+
+
+def pu_link(p):
+    return loglog(np.clip(p, 1e-300, P_MAX))
+
+
+def pu_unlink(v):
+    with np.errstate(over="ignore"):
+        return np.exp(-np.exp(v))
 
 
 # --- accelerated emergence ------------------------------------------------------------------

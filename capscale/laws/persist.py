@@ -1,29 +1,41 @@
 """Save a fitted predictor as JSON and load it back, so ``capscale predict`` needs no refit.
 
 Only what a forecast needs is kept: hyper-parameters, the full-data fit(s), every bootstrap
-refit, the residual pool for the prediction interval, and the ladder's extent (for the
-extrapolation warning). The training table itself is not stored.
+refit, the residual pool for the prediction interval, the calibration learnt from the ladder's
+rolling origins, and the ladder's extent (for the extrapolation warning). The training table
+itself is not stored, except where a forecast reads it (the runs of a carry-forward or a line).
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from capscale.errors import CapscaleError
+from capscale.laws.calibration import Calibration
 from capscale.laws.fitting import FitResult
-from capscale.laws.choicemass import ChoiceMassPredictor
-from capscale.laws.passuntil import ItemLaw, PassUntilPredictor
-from capscale.laws.predictors import DirectPredictor, TwoStepPredictor
+from capscale.laws.registry import METHODS
 from capscale.store import atomic_write_bytes
 
-PREDICTORS = {"DirectPredictor": DirectPredictor, "TwoStepPredictor": TwoStepPredictor,
-              "PassUntilPredictor": PassUntilPredictor, "ChoiceMassPredictor": ChoiceMassPredictor}
 STATE = ("task_", "metric_", "loss_metric_", "chance_", "extent_", "n_boot_failed_", "step1_form_", "fit_warnings_",
-         "alpha_", "log_c_", "alpha_pool_", "alpha_spread_")
+         "alpha_", "log_c_", "alpha_pool_", "alpha_spread_", "n_runs_", "form_used_", "form_name_", "x_", "space_",
+         "ceiling_mode_", "ceiling_value_", "last_", "noise_sd_", "method_used_", "internal_errors_")
+DATA_COLUMNS = ("family", "model", "params", "tokens", "flops", "step", "value")
+
+
+def predictor_classes() -> dict:
+    from capscale.laws.auto import AutoPredictor
+    from capscale.laws.choicemass import ChoiceMassPredictor
+    from capscale.laws.passuntil import PassUntilPredictor
+    from capscale.laws.predictors import CarryForwardPredictor, DirectPredictor, TwoStepPredictor
+
+    classes = {c.__name__: c for c in (AutoPredictor, ChoiceMassPredictor, PassUntilPredictor, CarryForwardPredictor,
+                                       DirectPredictor, TwoStepPredictor)}
+    assert {m.predictor_class for m in METHODS.values()} <= set(classes), "registry names a class persist cannot load"
+    return classes
 
 
 def fits_to_json(fits):
@@ -34,53 +46,95 @@ def fits_from_json(data):
     return tuple(FitResult.from_dict(d) for d in data) if isinstance(data, list) else FitResult.from_dict(data)
 
 
-def hyper_parameters(predictor) -> dict:
-    names = [p for p in inspect.signature(type(predictor).__init__).parameters if p != "self"]
-    return {n: getattr(predictor, n) for n in names}
+def plain(value):
+    """JSON-ready copies of numpy scalars and arrays inside state values."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def predictor_state(predictor) -> dict:
+    state = {"class": type(predictor).__name__, "hyper_parameters": plain(predictor.get_params())}
+    if hasattr(predictor, "state_dict"):  # keeps its own state (ChoiceMassPredictor: pair data, not curves)
+        state["own_state"] = predictor.state_dict()
+    else:
+        state["state"] = {k: plain(getattr(predictor, k)) for k in STATE if hasattr(predictor, k)}
+        if hasattr(predictor, "chosen_"):  # AutoPredictor: the fitted winner inside
+            state["chosen"] = predictor_state(predictor.chosen_)
+        if hasattr(predictor, "fit_"):
+            state["fit"] = fits_to_json(predictor.fit_)
+            state["boot_fits"] = [fits_to_json(f) for f in predictor.boot_fits_]
+        if hasattr(predictor, "noise_"):
+            state["noise"] = np.asarray(predictor.noise_, dtype=float).tolist()
+        if hasattr(predictor, "slopes_"):
+            state["slopes"] = np.asarray(predictor.slopes_, dtype=float).tolist()
+        if getattr(predictor, "form_name_", None) == "linear" or hasattr(predictor, "slopes_"):
+            data = predictor.data_
+            state["data"] = {c: data[c].tolist() for c in DATA_COLUMNS if c in data}
+        if getattr(predictor, "item_fit_", None) is not None:  # PassUntilPredictor(per_item=True)
+            state["item_fit"] = predictor.item_fit_.to_dict()
+            state["boot_item_fits"] = [law.to_dict() for law in predictor.boot_item_fits_]
+    calibration = getattr(predictor, "calibration_", None)
+    state["calibration"] = calibration.to_dict() if calibration is not None else None
+    return state
+
+
+def restore(state: dict):
+    classes = predictor_classes()
+    cls = classes[state["class"]]
+    if "own_state" in state:
+        predictor = cls.from_state(state["hyper_parameters"], state["own_state"])
+    else:
+        predictor = cls(**state["hyper_parameters"])
+        for key, value in state["state"].items():
+            setattr(predictor, key, value)
+        if "chosen" in state:
+            predictor.chosen_ = restore(state["chosen"])
+        if "fit" in state:
+            predictor.fit_ = fits_from_json(state["fit"])
+            predictor.boot_fits_ = [fits_from_json(f) for f in state["boot_fits"]]
+        if "noise" in state:
+            predictor.noise_ = np.asarray(state["noise"], dtype=float)
+        if "slopes" in state:
+            predictor.slopes_ = np.asarray(state["slopes"], dtype=float)
+        if "data" in state:
+            predictor.data_ = pd.DataFrame(state["data"])
+        if "item_fit" in state:
+            from capscale.laws.passuntil import ItemLaw
+
+            predictor.item_fit_ = ItemLaw.from_dict(state["item_fit"])
+            predictor.boot_item_fits_ = [ItemLaw.from_dict(d) for d in state["boot_item_fits"]]
+    predictor.calibration_ = Calibration.from_dict(state.get("calibration"))
+    return predictor
 
 
 def save_predictor(predictor, path: str | Path, meta: dict | None = None) -> Path:
-    if hasattr(predictor, "state_dict"):  # keeps its own state (ChoiceMassPredictor: pair data, not curves)
-        state = {"class": type(predictor).__name__, "hyper_parameters": hyper_parameters(predictor),
-                 "own_state": predictor.state_dict(), "meta": meta or {}}
-        atomic_write_bytes(Path(path), json.dumps(state, indent=1).encode())
-        return Path(path)
-    state = {
-        "class": type(predictor).__name__,
-        "hyper_parameters": hyper_parameters(predictor),
-        "state": {k: getattr(predictor, k) for k in STATE if hasattr(predictor, k)},
-        "fit": fits_to_json(predictor.fit_),
-        "boot_fits": [fits_to_json(f) for f in predictor.boot_fits_],
-        "noise": np.asarray(predictor.noise_, dtype=float).tolist(),
-        "meta": meta or {},
-    }
-    if getattr(predictor, "item_fit_", None) is not None:  # PassUntilPredictor(per_item=True)
-        state["item_fit"] = predictor.item_fit_.to_dict()
-        state["boot_item_fits"] = [law.to_dict() for law in predictor.boot_item_fits_]
-    path = Path(path)
-    atomic_write_bytes(path, json.dumps(state, indent=1).encode())
-    return path
+    state = predictor_state(predictor)
+    state["meta"] = meta or {}
+    atomic_write_bytes(Path(path), json.dumps(state, indent=1).encode())
+    return Path(path)
 
 
 def load_predictor(path: str | Path):
     path = Path(path)
     try:
         state = json.loads(path.read_text())
-        cls = PREDICTORS[state["class"]]
-    except (OSError, json.JSONDecodeError, KeyError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CapscaleError(f"{path}: not a capscale fit file ({e})") from e
-    if "own_state" in state:
-        predictor = cls.from_state(state["hyper_parameters"], state["own_state"])
-        predictor.meta_ = state.get("meta", {})
-        return predictor
-    predictor = cls(**state["hyper_parameters"])
-    for key, value in state["state"].items():
-        setattr(predictor, key, value)
-    predictor.fit_ = fits_from_json(state["fit"])
-    predictor.boot_fits_ = [fits_from_json(f) for f in state["boot_fits"]]
-    predictor.noise_ = np.asarray(state["noise"], dtype=float)
-    if "item_fit" in state:
-        predictor.item_fit_ = ItemLaw.from_dict(state["item_fit"])
-        predictor.boot_item_fits_ = [ItemLaw.from_dict(d) for d in state["boot_item_fits"]]
+    if isinstance(state, list):
+        raise CapscaleError(f"{path}: not a capscale fit file; this looks like backtest records "
+                            "(write a fit with capscale fit ... --out FIT.json)")
+    if not isinstance(state, dict) or state.get("class") not in predictor_classes():
+        raise CapscaleError(f"{path}: not a capscale fit file (no known predictor class)")
+    try:
+        predictor = restore(state)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CapscaleError(f"{path}: a damaged capscale fit file ({type(e).__name__}: {e})") from e
     predictor.meta_ = state.get("meta", {})
     return predictor

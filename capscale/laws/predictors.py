@@ -1,203 +1,562 @@
-"""Forecast a model's task metric from a ladder, scikit-learn style, with honest intervals.
+"""Forecast a model's task metric from a ladder, scikit-learn style, with intervals that hold.
 
-- DirectPredictor: compute -> metric in one fit (the baseline).
+- DirectPredictor: scale -> metric in one fit (a sigmoid in log compute; a 2-parameter sigmoid or a
+  straight line when the ladder is short; chosen by the ladder's own backtests with ``form="auto"``).
 - TwoStepPredictor: (N, D) or C -> task loss -> metric, after Bhagia et al. 2024 (OLMo ladder):
-  step 1 on each run's final checkpoint, step 2 on all checkpoints after skipping the first
-  10% of each run and smoothing with a 5-point moving average.
+  step 1 on each run's final checkpoint (form chosen by rolling-origin backtests inside the
+  ladder), step 2 on all checkpoints after skipping the first 10% of each run and smoothing with a
+  5-point moving average, with the ceiling of accuracy anchored where the loss is the task's own.
+- CarryForwardPredictor: the family's largest run, with an interval from the family's observed
+  steps: the honest fallback for two runs.
 
-Intervals come from a seeded bootstrap over ladder *runs* (a run brings all its checkpoints),
-refitting every step on each resample, so the uncertainty of step 1 flows into step 2; on
-top, each resample adds one residual of the full fit, so the interval covers the noise of
-the target's own measurement (a prediction interval, not only a confidence interval).
-Failed refits are counted and reported, never silently dropped.
+Every predictor produces predictive draws (``predictive_draws``): a seeded bootstrap over ladder
+*runs* (a run brings all its checkpoints; items too where per-item data exist) refitting every
+step, plus one resampled residual of the full fit, so an interval covers the noise of the target's
+own measurement. ``capscale.laws.base`` turns draws into intervals centred on the point forecast,
+widened by the ladder's rolling-origin backtests (``calibrate=True``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import pandas as pd
-
 from capscale.errors import CapscaleError
-from capscale.laws.fitting import FitError, FitResult, fit_form, one_blas_thread
-from capscale.laws.forms import get_form
 from capscale.ladder import final_checkpoints, metric_series
+from capscale.laws.base import (
+    RUN_KEYS,
+    BasePredictor,
+    Forecast,
+    ItemResampler,
+    RunColumns,
+    chance_level,
+    dof_warning,
+    ladder_extent,
+    run_keys,
+)
+from capscale.laws.calibration import DEFAULT_GROWTH, calibrate
+from capscale.laws.fitting import FitError, FitResult, fit_form, refit_many
+from capscale.laws.forms import LINEAR_SCALE, SIGMOID_SCALE, get_form, normalise_inputs
+from capscale.progress import report_refits
+from capscale.laws.rolling import OriginPoint, choose, internal_backtest, origin_splits, run_rows, task_finals
+from capscale.schema import OWN_LOSSES, from_goodness, metric_kind, require_inputs, target_scale, to_goodness
 
-RUN_KEYS = ["family", "model"]
-EXTRAPOLATION_WARN_FACTOR = 10.0
-BOUNDED_PREFIXES = ("acc", "err", "p_correct", "brier", "pass")  # probabilities: forecasts live in [0, 1]
-
-
-def bound(metric: str, values):
-    """Clip forecasts and bootstrap draws of probability metrics to [0, 1]; others pass through."""
-    return np.clip(values, 0.0, 1.0) if metric.startswith(BOUNDED_PREFIXES) else values
-
-
-def dof_warning(fit: FitResult, what: str) -> list[str]:
-    free = len([p for p in fit.form.param_names if p in fit.params]) - len(fit.fixed)
-    if fit.n_points <= free:
-        return [f"{what} ({fit.form.name}) has {fit.n_points} points for {free} free parameters: "
-                "it interpolates and its interval means little"]
-    return []
-
-
-@dataclass
-class Forecast:
-    value: float
-    lower: float
-    upper: float
-    level: float
-    loss: float | None = None
-    loss_lower: float | None = None
-    loss_upper: float | None = None
-    n_boot: int = 0
-    n_boot_failed: int = 0
-    warnings: list[str] = field(default_factory=list)
-
-
-def chance_level(points: pd.DataFrame) -> float | None:
-    if "chance" not in points or points["chance"].isna().all():
-        return None
-    return float(points["chance"].dropna().median())
+# step 1 candidates: name -> (form, fixed parameters); "power_law" has no irreducible loss (2 parameters)
+STEP1_FORMS = {
+    "chinchilla": ("chinchilla", {}),
+    "chinchilla_shared": ("chinchilla_shared", {}),
+    "power_compute": ("power_compute", {}),
+    "power_law": ("power_compute", {"E": 0.0}),
+}
+STEP1_CHOICES = ("auto", "rule", *STEP1_FORMS)
+STEP2_CHOICES = ("sigmoid_loss", "exponential_loss")
+CEILINGS = ("auto", "fit", "anchor", "fixed")
+DIRECT_FORMS = ("auto", "sigmoid", "sigmoid_2p", "linear", "sigmoid_compute")
+X_CHOICES = ("auto", "flops", "params", "tokens")
 
 
-def percentile_interval(samples: np.ndarray, level: float) -> tuple[float, float]:
-    alpha = (1.0 - level) / 2.0
-    return float(np.quantile(samples, alpha)), float(np.quantile(samples, 1.0 - alpha))
+def resolve_x(x: str, finals: pd.DataFrame) -> str:
+    """The scale input of a direct law: compute where every run has it, else params."""
+    if x != "auto":
+        return x
+    for column in ("flops", "params", "tokens"):
+        values = finals[column].to_numpy(float) if column in finals else np.array([np.nan])
+        if np.all(np.isfinite(values) & (values > 0)):
+            return column
+    raise CapscaleError("no scale input (flops, params or tokens) is known and positive for every run")
 
 
-def ladder_extent(points: pd.DataFrame) -> dict[str, float]:
-    """Largest params / tokens / flops of the fitted runs: what a forecast extrapolates from."""
-    return {k: float(points[k].max()) for k in ("flops", "params", "tokens") if k in points and points[k].notna().any()}
+def n_free(form_name: str, fixed: dict) -> int:
+    return len([p for p in get_form(form_name).param_names if p not in fixed])
 
 
-def extrapolation_warning(extent: dict, target: dict) -> list[str]:
-    out = []
-    for key, largest in extent.items():
-        if target.get(key) is not None:
-            factor = float(target[key]) / largest
-            if factor > EXTRAPOLATION_WARN_FACTOR:
-                out.append(f"target {key} is {factor:.0f}x the largest in the ladder: far extrapolation")
-    return out
+def step1_eligible(name: str, finals: pd.DataFrame, n_runs: int) -> bool:
+    """Enough runs for its free parameters; (N, D) forms also need tokens per parameter to vary."""
+    form, fixed = STEP1_FORMS[name]
+    if n_runs < n_free(form, fixed):
+        return False
+    if get_form(form).inputs == ("flops",):
+        return True
+    tokens, params = finals["tokens"].to_numpy(float), finals["params"].to_numpy(float)
+    if not (np.all(np.isfinite(tokens)) and np.all(np.isfinite(params))):
+        return False
+    ratio = tokens / params
+    return tokens.max() / tokens.min() > 2.0 and ratio.max() / ratio.min() > 2.0
 
 
-class RunColumns:
-    """Row positions of each run, so a bootstrap resample of runs is a numpy gather
-    (a pandas concat per resample would cost more than the refit itself)."""
-
-    def __init__(self, points: pd.DataFrame, runs: list[tuple]):
-        keys = list(points[RUN_KEYS].itertuples(index=False, name=None))
-        self.by_run = [np.array([i for i, k in enumerate(keys) if k == r]) for r in runs]
-
-    def take(self, base: dict[str, np.ndarray], run_indices=None) -> dict[str, np.ndarray]:
-        if run_indices is None:
-            return base
-        rows = np.concatenate([self.by_run[i] for i in run_indices])
-        return {c: v[rows] for c, v in base.items()}
+def old_step1_rule(finals: pd.DataFrame) -> str:
+    """The fixed rule of capscale 0.1: (N, D) with >= 8 runs varying tokens per parameter, else compute."""
+    return "chinchilla" if len(finals) >= 8 and step1_eligible("chinchilla", finals, len(finals)) else "power_compute"
 
 
-def run_keys(points: pd.DataFrame) -> list[tuple]:
-    return list(points[RUN_KEYS].drop_duplicates().itertuples(index=False, name=None))
+def fit_step1(name: str, finals: pd.DataFrame, loss: np.ndarray, warm: FitResult | None = None) -> FitResult:
+    form, fixed = STEP1_FORMS[name]
+    f = get_form(form)
+    inputs = {k: finals[k].to_numpy(float) for k in f.inputs}
+    extra = {} if warm is None else dict(starts=[warm.params], reference=warm.reference)
+    return fit_form(f, inputs, loss, fixed=fixed, **extra)
 
 
-class BasePredictor:
-    """Shared bootstrap machinery; subclasses define how one data set is fitted and evaluated."""
-
-    def __init__(self, level: float = 0.9, n_boot: int = 1000, seed: int = 0):
-        self.level = level
-        self.n_boot = n_boot
-        self.seed = seed
-
-    def _bootstrap(self, fit_once, n_runs: int, min_distinct: int, items: "ItemResampler | None" = None):
-        """Refit on ``n_boot`` resamples of the runs (with replacement) and, with per-item data,
-        of the benchmark items; a resample with fewer distinct runs than the free parameters it
-        must determine counts as failed, like a refit that does not converge: such a "fit" only
-        interpolates."""
-        rng = np.random.default_rng(self.seed)
-        fits, failed = [], 0
-        with one_blas_thread():
-            for _ in range(self.n_boot):
-                sample = rng.integers(0, n_runs, n_runs)
-                redrawn = items.draw(rng) if items is not None else None
-                if len(np.unique(sample)) < min_distinct:
-                    failed += 1
-                    continue
-                try:
-                    fits.append(fit_once(sample, redrawn))
-                except FitError:
-                    failed += 1
-        return fits, failed
-
-    def _residual_draws(self, residuals: np.ndarray, n: int) -> np.ndarray:
-        rng = np.random.default_rng(self.seed + 1)
-        return rng.choice(residuals, size=n, replace=True) if len(residuals) else np.zeros(n)
+def predict_loss(target: dict, fit: FitResult) -> float:
+    """Step 1 at the target; raises naming what the target lacks for an (N, D) law."""
+    require_inputs(target, fit.form.inputs, f"step 1 ({fit.form.name})")
+    return float(fit.predict(**{k: np.array([target[k]]) for k in fit.form.inputs})[0])
 
 
-class DirectPredictor(BasePredictor):
-    """compute -> metric on each run's final checkpoint (sigmoid in log compute, chance floor)."""
+class TaskPredictor(BasePredictor):
+    """A predictor of one task's metric with the common hyper-parameters of calibration."""
 
-    def __init__(self, form: str = "sigmoid_compute", level: float = 0.9, n_boot: int = 1000, seed: int = 0):
+    def __init__(self, level=0.9, n_boot=1000, seed=0, calibrate=True, n_origins=3, growth=DEFAULT_GROWTH,
+                 n_boot_origin=100):
         super().__init__(level, n_boot, seed)
+        self.calibrate = calibrate
+        self.n_origins = n_origins
+        self.growth = growth
+        self.n_boot_origin = n_boot_origin
+
+    def _calibrate(self, ladder, task, metric, loss, loss_task, items) -> None:
+        """Widening factors from this configuration's own rolling-origin backtests on the ladder."""
+        self.calibration_ = None
+        if not self.calibrate:
+            return
+        probe = self.clone(n_boot=self.n_boot_origin, calibrate=False)
+        points = internal_backtest(probe, ladder, task, metric, loss, loss_task, items, self.n_origins)
+        self.calibration_ = calibrate(points, self.growth)
+        self.origin_points_ = points
+
+    def predict(self, params=None, tokens=None, flops=None, level: float | None = None) -> Forecast:
+        target = target_scale(params, tokens, flops)
+        value, draws = self.predictive_draws(**target)
+        return self._forecast(value, draws, target, level, **self._forecast_fields(target, level))
+
+    def _forecast_fields(self, target: dict, level) -> dict:
+        return {"form_used": getattr(self, "form_used_", ""), "n_points": int(getattr(self, "n_runs_", 0)),
+                "method_used": getattr(self, "method_name", "")}
+
+
+class DirectPredictor(TaskPredictor):
+    """scale -> metric on each run's final checkpoint.
+
+    ``form``: "sigmoid" (a sigmoid in log x: floor b = chance when known, height a, slope, centre),
+    "sigmoid_2p" (floor = chance, ceiling = 1: only slope and centre are fitted — fitted to a few
+    points near the floor its exponential tail overshoots when extrapolated, so it is one candidate
+    among others, never forced), "linear" (a straight line in log x with a t-based prediction
+    interval), or "auto": the candidates the number of runs allows, chosen by the ladder's own
+    rolling-origin backtests. ``x``: the scale input (auto: compute where known, else params)."""
+
+    method_name = "direct"
+
+    def __init__(self, form: str = "auto", x: str = "auto", level=0.9, n_boot=1000, seed=0, calibrate=True,
+                 n_origins=3, growth=DEFAULT_GROWTH, n_boot_origin=100):
+        super().__init__(level, n_boot, seed, calibrate, n_origins, growth, n_boot_origin)
         self.form = form
+        self.x = x
+
+    def _spec(self, name: str, chance: float | None) -> tuple[str, dict]:
+        """(form name, fixed parameters) of a named direct form in this fit's scale input."""
+        if name in ("sigmoid", "sigmoid_compute"):
+            return SIGMOID_SCALE[self.x_].name, ({"b": chance} if chance is not None else {})
+        if name == "sigmoid_2p":
+            return SIGMOID_SCALE[self.x_].name, {"a": 1.0, "b": chance if chance is not None else 0.0}
+        if name == "linear":
+            return LINEAR_SCALE[self.x_].name, {}
+        raise CapscaleError(f"direct form must be one of {', '.join(DIRECT_FORMS)}, got {name!r}")
+
+    def candidates(self, n_runs: int, chance: float | None) -> list[str]:
+        """Forms the ladder can determine with one point to spare, most flexible first."""
+        out = []
+        for name in ("sigmoid", "sigmoid_2p", "linear"):
+            if name == "sigmoid_2p" and chance is None:
+                continue  # a floor is what makes two parameters enough
+            form, fixed = self._spec(name, chance)
+            if n_runs >= n_free(form, fixed) + 1:
+                out.append(name)
+        return out or ["linear"]
 
     def fit(self, ladder: pd.DataFrame, task: str, metric: str = "acc", loss: str | None = None,
             loss_task: str | None = None, items: pd.DataFrame | None = None) -> "DirectPredictor":
         """``loss`` and ``loss_task`` are accepted for a common signature and ignored: no intermediate
         loss. ``items`` (capscale.metrics.item_metrics of the ladder's store) adds item resampling."""
-        self.task_, self.metric_ = task, metric
+        if self.form not in DIRECT_FORMS:
+            raise CapscaleError(f"direct form must be one of {', '.join(DIRECT_FORMS)}, got {self.form!r}")
+        self.task_, self.metric_, self.loss_metric_ = task, metric, None
         points = final_checkpoints(metric_series(ladder, task, metric))
+        self.x_ = resolve_x(self.x, points)
         self.data_ = points
+        self.n_runs_ = len(points)
         self.extent_ = ladder_extent(points)
-        self.chance_ = chance_level(points) if metric.startswith("acc") else None
-        form = get_form(self.form)
-        fixed = {"b": self.chance_} if self.chance_ is not None and "b" in form.param_names else {}
-
+        self.chance_ = chance_level(points) if metric_kind(metric).has_chance else None
+        chance_g = None if self.chance_ is None else float(to_goodness(metric, self.chance_))
+        name = self.form
+        if name == "auto":
+            options = self.candidates(len(points), chance_g)
+            if len(options) > 1:
+                scored = {o: internal_backtest(self.clone(form=o, n_boot=0, x=self.x_), ladder, task, metric,
+                                               n_origins=self.n_origins) for o in options}
+                best, self.form_errors_ = choose(scored)
+                name = best or options[0]
+            else:
+                name = options[0]
+        self.form_name_ = name
+        form_name, fixed = self._spec(name, chance_g)
+        form = get_form(form_name)
+        self.form_used_ = f"{form_name}" + (" (a=1, b=chance)" if name == "sigmoid_2p" else "")
         runs = run_keys(points)
         columns = RunColumns(points, runs)
-        base = {k: points[k].to_numpy(float) for k in list(form.inputs) + ["value"]}
+        base = {self.x_: points[self.x_].to_numpy(float), "value": to_goodness(metric, points["value"].to_numpy(float))}
         resampler = ItemResampler.from_items(items, points.get("checkpoint", pd.Series([np.nan])),
                                              {"value": (task, metric)})
         self.items_resampled_ = resampler is not None
 
         def fit_once(run_indices=None, redrawn=None):
-            data = columns.take({**base, **(redrawn or {})}, run_indices)
+            data = columns.take({**base, **({k: to_goodness(metric, v) for k, v in (redrawn or {}).items()})},
+                                run_indices)
             warm = {} if run_indices is None else dict(starts=[self.fit_.params], reference=self.fit_.reference)
-            return fit_form(form, {k: data[k] for k in form.inputs}, data["value"], fixed=fixed, **warm)
+            return fit_form(form, {self.x_: data[self.x_]}, data["value"], fixed=fixed, **warm)
 
         self.fit_ = fit_once()
-        self.noise_ = self.fit_.residuals
+        self.noise_ = base["value"] - self.fit_.predict(**{self.x_: base[self.x_]})
         self.fit_warnings_ = dof_warning(self.fit_, "the fit")
-        self.boot_fits_, self.n_boot_failed_ = self._bootstrap(fit_once, len(runs), len(form.param_names) - len(fixed),
-                                                               resampler)
+        if name == "linear":  # t-based prediction interval: no bootstrap needed
+            self.boot_fits_, self.n_boot_failed_ = [], 0
+        else:
+            counts, redrawn = self._resamples(len(runs), resampler)
+            keep = (counts > 0).sum(1) >= len(form.param_names) - len(fixed)
+            y = base["value"] if resampler is None else np.stack(
+                [to_goodness(metric, r["value"]) for r, k in zip(redrawn, keep) if k])
+            refits = refit_many(self.fit_, {self.x_: base[self.x_]}, y, counts[keep][:, columns.row_runs()])
+            self.boot_fits_ = [f for f in refits if f is not None]
+            self.n_boot_failed_ = self.n_boot - len(self.boot_fits_)
+            report_refits(self.n_boot)
+        self._calibrate(ladder, task, metric, loss, loss_task, items)
         return self
 
-    def predict(self, params=None, tokens=None, flops=None) -> Forecast:
-        target = scale_target(params, tokens, flops)
-        form = get_form(self.form)
-        inputs = {k: np.array([target[k]]) for k in form.inputs}
-        value = float(self.fit_.predict(**inputs)[0])
-        draws = np.array([f.predict(**inputs)[0] for f in self.boot_fits_])
-        draws = bound(self.metric_, draws + self._residual_draws(self.noise_, len(draws)))
-        lower, upper = percentile_interval(draws, self.level) if len(draws) else (np.nan, np.nan)
-        return Forecast(float(bound(self.metric_, value)), lower, upper, self.level, n_boot=len(draws),
-                        n_boot_failed=self.n_boot_failed_,
-                        warnings=getattr(self, "fit_warnings_", []) + extrapolation_warning(self.extent_, target)
-                        + boot_warning(self.n_boot_failed_, self.n_boot))
+    def curve(self, values, fit: FitResult | None = None) -> np.ndarray:
+        """The fitted metric at scale ``values`` (in the fit's input ``x_``)."""
+        return from_goodness(self.metric_, self._good_curve(values, fit))
+
+    def _good_curve(self, values, fit: FitResult | None = None) -> np.ndarray:
+        fit = fit or self.fit_
+        return fit.predict(**{self.x_: np.asarray(values, dtype=float)})
+
+    def predictive_draws(self, params=None, tokens=None, flops=None) -> tuple[float, np.ndarray]:
+        target = target_scale(params, tokens, flops)
+        require_inputs(target, (self.x_,), f"the direct fit in {self.x_}")
+        x = np.array([target[self.x_]])
+        centre = float(self._good_curve(x)[0])
+        if self.form_name_ == "linear":
+            draws = self._linear_draws(float(x[0]), centre)
+        else:
+            boot = np.array([self._good_curve(x, f)[0] for f in self.boot_fits_])
+            draws = boot + self._residual_draws(np.asarray(self.noise_, float), len(boot))
+        return float(from_goodness(self.metric_, centre)), from_goodness(self.metric_, draws)
+
+    def _linear_draws(self, x: float, centre: float) -> np.ndarray:
+        """The t prediction distribution of ordinary least squares (n >= 3), or for two runs the span
+        between carrying the last run forward and following the line."""
+        z = np.log(self.data_[self.x_].to_numpy(float))
+        y = to_goodness(self.metric_, self.data_["value"].to_numpy(float))
+        n = len(z)
+        rng = np.random.default_rng(self.seed)
+        if n < 3:
+            last = y[np.argmax(z)]
+            return rng.uniform(min(last, centre), max(last, centre), max(self.n_boot, 1))
+        zt = np.log(x)
+        s = np.sqrt(np.sum(self.noise_ ** 2) / (n - 2))
+        spread = s * np.sqrt(1.0 + 1.0 / n + (zt - z.mean()) ** 2 / np.sum((z - z.mean()) ** 2))
+        return centre + spread * rng.standard_t(n - 2, max(self.n_boot, 1))
 
 
-def scale_target(params=None, tokens=None, flops=None) -> dict:
-    if flops is None and params is not None and tokens is not None:
-        flops = 6.0 * float(params) * float(tokens)
-    if flops is None and (params is None or tokens is None):
-        raise CapscaleError("give the target as params and tokens, or as flops")
-    return {"params": params, "tokens": tokens, "flops": flops}
+class TwoStepPredictor(TaskPredictor):
+    """(N, D) or C -> task loss -> metric (Bhagia et al. 2024), uncertainty through both steps.
+
+    ``step1``: a form of STEP1_FORMS, "auto" (every form the runs can determine, chosen by
+    rolling-origin backtests of the loss inside the ladder) or "rule" (capscale 0.1's fixed rule).
+    ``step2``: sigmoid_loss or exponential_loss, fitted on the metric's good side (accuracy, or
+    1 - error), so the chance floor and the ceiling mean the same for acc and err.
+    ``ceiling``: where accuracy ends as the loss goes to 0 —
+      "anchor": the OLMo ladder's extra point (L = 0, acc = ceiling) with weight ``anchor_weight``
+      (in data points; a squared residual, so a robust loss sized for the data cannot clip it away);
+      "fixed": sigmoid height pinned so its upper asymptote is the ceiling / exponential pinned
+      to pass through it at L = 0; "fit": the ladder's checkpoints decide; "auto": anchor where the
+      loss is the task's own correct-answer loss (bpb_correct / nll_correct of the same task), fit
+      otherwise (a validation loss of 0 says nothing about accuracy).
+    The ceiling is 1, or the task's ``ceiling`` column where the table has one (e.g. label noise)."""
+
+    method_name = "two-step"
+
+    def __init__(self, step1: str = "auto", step2: str = "sigmoid_loss", ceiling: str = "auto",
+                 anchor_weight: float = 1.0, intermediate: bool = True, skip_fraction: float = 0.1,
+                 smooth: int = 5, step2_delta: float | None = None, level=0.9, n_boot=1000, seed=0,
+                 calibrate=True, n_origins=3, growth=DEFAULT_GROWTH, n_boot_origin=100):
+        super().__init__(level, n_boot, seed, calibrate, n_origins, growth, n_boot_origin)
+        self.step1 = step1
+        self.step2 = step2
+        self.ceiling = ceiling
+        self.anchor_weight = anchor_weight
+        self.intermediate = intermediate
+        self.skip_fraction = skip_fraction
+        self.smooth = smooth
+        self.step2_delta = step2_delta
+
+    # --- step 1 ---------------------------------------------------------------------------
+    def choose_step1(self, finals: pd.DataFrame, loss: np.ndarray) -> str:
+        """The step-1 form: as given, by capscale 0.1's rule, or by rolling origin (relative loss error
+        on the ladder's own largest runs, compared on the origins every candidate could fit)."""
+        if self.step1 == "rule":
+            return old_step1_rule(finals)
+        if self.step1 != "auto":
+            if not step1_eligible(self.step1, finals, len(finals)):
+                raise CapscaleError(f"step 1 {self.step1!r} cannot be determined from {len(finals)} runs"
+                                    + (" (tokens per parameter must vary)" if "chinchilla" in self.step1 else ""))
+            return self.step1
+        options = [n for n in STEP1_FORMS if step1_eligible(n, finals, len(finals))]
+        if not options:
+            raise CapscaleError(f"step 1 needs at least 2 runs with a loss, got {len(finals)}")
+        self.step1_errors_ = {}
+        if len(options) == 1:
+            return options[0]
+        splits = origin_splits(finals, self.n_origins)
+        scored: dict[str, list] = {n: [] for n in options}
+        keys = list(finals[RUN_KEYS].itertuples(index=False, name=None))
+        for k, train, test in splits:
+            tr = np.array([key in set(train) for key in keys])
+            for name in options:
+                if not step1_eligible(name, finals[tr], int(tr.sum())):
+                    continue
+                try:
+                    fit = fit_step1(name, finals[tr].reset_index(drop=True), loss[tr])
+                except FitError:
+                    continue
+                for i in np.flatnonzero(~tr):
+                    row = finals.iloc[i]
+                    predicted = predict_loss(target_scale(row["params"], row["tokens"], row["flops"]), fit)
+                    scored[name].append(OriginPoint(k, str(row["model"]), 1.0, predicted / loss[i], 0.0))
+        best, self.step1_errors_ = choose({n: p for n, p in scored.items() if p})
+        return best or max(options, key=lambda n: n_free(*STEP1_FORMS[n]))
+
+    # --- step 2 ---------------------------------------------------------------------------
+    def _ceiling_mode(self, own_loss: bool) -> str:
+        if self.ceiling not in CEILINGS:
+            raise CapscaleError(f"ceiling must be one of {', '.join(CEILINGS)}, got {self.ceiling!r}")
+        mode = self.ceiling if self.ceiling != "auto" else ("anchor" if own_loss else "fit")
+        needs_own = mode == "anchor" or (mode == "fixed" and self.step2 == "exponential_loss")
+        if needs_own and not own_loss:
+            raise CapscaleError(f"ceiling={mode!r} puts accuracy = ceiling at loss 0, which holds only for the task's "
+                                f"own correct-answer loss ({' / '.join(OWN_LOSSES)} of the same task)")
+        return mode
+
+    def _step2_spec(self, mode: str, chance_g: float | None, ceiling_g: float, loss_reference: tuple):
+        """(form, fixed parameters, anchor (loss, target) or None, space) for step 2. Space "goodness"
+        fits the metric's good side, "error" its complement (the exponential form is an error law)."""
+        if self.step2 == "sigmoid_loss":
+            fixed = {"b": chance_g} if chance_g is not None else {}
+            if mode == "fixed":
+                if chance_g is None and ceiling_g < 1.0:
+                    raise CapscaleError("a fixed ceiling below 1 needs a chance level (floor) as well")
+                b = chance_g if chance_g is not None else 0.0
+                fixed["a"] = 1.0 if ceiling_g >= 1.0 else (ceiling_g - b) / (1.0 - b)
+            anchor = (0.0, ceiling_g) if mode == "anchor" else None
+            return get_form("sigmoid_loss"), fixed, anchor, "goodness"
+        if self.step2 == "exponential_loss":
+            if mode == "fixed":
+                zc = (0.0 - loss_reference[0]) / loss_reference[1]
+                return get_form("exponential_loss_pinned"), {"e0": 1.0 - ceiling_g, "zc": zc}, None, "error"
+            anchor = (0.0, 1.0 - ceiling_g) if mode == "anchor" else None
+            return get_form("exponential_loss"), {}, anchor, "error"
+        raise CapscaleError(f"step 2 must be one of {', '.join(STEP2_CHOICES)}, got {self.step2!r}")
+
+    def _to_space(self, values):
+        g = to_goodness(self.metric_, values)
+        return g if self.space_ == "goodness" else 1.0 - g
+
+    def _from_space(self, values):
+        g = values if self.space_ == "goodness" else 1.0 - values
+        return from_goodness(self.metric_, g)
+
+    def step2_curve(self, loss, fit: FitResult | None = None) -> np.ndarray:
+        """Step 2 (the fitted metric) at task loss ``loss``."""
+        fit = fit or self.fit_[1]
+        return self._from_space(fit.predict(loss=np.asarray(loss, dtype=float)))
+
+    # --- fit ------------------------------------------------------------------------------
+    def fit(self, ladder: pd.DataFrame, task: str, metric: str = "acc", loss: str = "bpb_correct",
+            loss_task: str | None = None, items: pd.DataFrame | None = None) -> "TwoStepPredictor":
+        """``loss_task`` takes the loss from another task (e.g. a validation loss, as Gadre et al. 2024);
+        ``items`` (capscale.metrics.item_metrics of the ladder's store) adds item resampling."""
+        self.task_, self.metric_, self.loss_metric_ = task, metric, loss
+        loss_points = metric_series(ladder, loss_task or task, loss)
+        value_points = metric_series(ladder, task, metric)
+        joined = value_points.merge(loss_points[RUN_KEYS + ["step", "value"]].rename(columns={"value": "loss"}),
+                                    on=RUN_KEYS + ["step"], how="inner")
+        if joined.empty:
+            raise CapscaleError(f"task {task!r}: no checkpoint has both {metric!r} and {loss!r}")
+        joined = joined.reset_index(drop=True)
+        last_step = joined.groupby(RUN_KEYS, sort=False)["step"].transform("max")
+        final_rows = np.flatnonzero((joined["step"].isna() | (joined["step"] == last_step)).to_numpy())
+        finals = joined.iloc[final_rows].reset_index(drop=True)  # same rows as ladder.final_checkpoints
+        self.n_runs_ = len(finals)
+        self.step1_form_ = self.choose_step1(finals, finals["loss"].to_numpy(float))
+        if self.intermediate:
+            step2_data, smoother = smoothing_operator(joined, self.skip_fraction, self.smooth)
+        else:
+            step2_data, smoother = finals, np.eye(len(joined))[final_rows]
+        step2_data = step2_data.assign(loss=smoother @ joined["loss"].to_numpy(float),
+                                       value=smoother @ joined["value"].to_numpy(float))
+        self.data_, self.step2_data_ = finals, step2_data
+        self.extent_ = ladder_extent(finals)
+        self.chance_ = chance_level(joined) if metric_kind(metric).has_chance else None
+        chance_g = None if self.chance_ is None else float(to_goodness(metric, self.chance_))
+        ceiling_value = float(joined["ceiling"].dropna().median()) if "ceiling" in joined and joined["ceiling"].notna().any() else None
+        ceiling_g = 1.0 if ceiling_value is None else float(to_goodness(metric, ceiling_value))
+        own_loss = loss in OWN_LOSSES and (loss_task is None or loss_task == task)
+        self.ceiling_mode_ = self._ceiling_mode(own_loss)
+        self.ceiling_value_ = ceiling_g
+        loss_reference = normalise_inputs(get_form("sigmoid_loss"), {"loss": step2_data["loss"].to_numpy(float)})[1]["loss"]
+        f2, fixed2, anchor, self.space_ = self._step2_spec(self.ceiling_mode_, chance_g, ceiling_g, loss_reference)
+        f1_name = self.step1_form_
+        self.form_used_ = f"{STEP1_FORMS[f1_name][0]}{' (E=0)' if f1_name == 'power_law' else ''} -> {f2.name}" + (
+            f" (ceiling {self.ceiling_mode_})" if self.ceiling_mode_ != "fit" else "")
+
+        runs = run_keys(finals)
+        step1_columns, step2_columns = RunColumns(finals, runs), RunColumns(step2_data, runs)
+        joined_values = {"loss": joined["loss"].to_numpy(float), "value": joined["value"].to_numpy(float)}
+        resampler = ItemResampler.from_items(items, joined.get("checkpoint", pd.Series([np.nan])),
+                                             {"value": (task, metric), "loss": (loss_task or task, loss)})
+        self.items_resampled_ = resampler is not None
+        delta = self.step2_delta
+
+        def fit_step2(x, y, warm: FitResult | None):
+            reference = {"loss": loss_reference} if warm is None else warm.reference
+            starts = None if warm is None else [warm.params]
+            if anchor is None:
+                return fit_form(f2, {"loss": x}, y, fixed=fixed2, delta=delta, reference=reference, starts=starts)
+            # the fit without the anchor is a good start with it: the anchor pulls the same curve upward
+            free_fit = fit_form(f2, {"loss": x}, y, fixed=fixed2, delta=delta, reference=reference, starts=starts)
+            x, y = np.append(x, anchor[0]), np.append(y, anchor[1])
+            weights = np.append(np.ones(len(x) - 1), self.anchor_weight)
+            d = np.append(np.full(len(x) - 1, 1e-2 if delta is None else delta), np.inf)
+            return fit_form(f2, {"loss": x}, y, fixed=fixed2, weights=weights, delta=d, reference=reference,
+                            starts=starts, extra_starts=[free_fit.params])
+
+        def fit_once(run_indices=None, redrawn=None):
+            values = {**joined_values, **(redrawn or {})}
+            d1 = step1_columns.take({**{k: finals[k].to_numpy(float) for k in ("params", "tokens", "flops")},
+                                     "loss": values["loss"][final_rows]}, run_indices)
+            d2 = step2_columns.take({c: smoother @ values[c] for c in ("loss", "value")}, run_indices)
+            full = run_indices is None
+            s1 = fit_step1(f1_name, pd.DataFrame(d1), d1["loss"], warm=None if full else self.fit_[0])
+            s2 = fit_step2(d2["loss"], self._to_space(d2["value"]), None if full else self.fit_[1])
+            return s1, s2
+
+        self.fit_ = fit_once()
+        # observation noise for the prediction interval: unsmoothed step-2 points around the fitted curve
+        raw = smooth_runs(joined, self.skip_fraction, 1) if self.intermediate else finals
+        self.noise_ = raw["value"].to_numpy(float) - self.step2_curve(raw["loss"].to_numpy(float))
+        self.fit_warnings_ = dof_warning(self.fit_[0], "step 1") + dof_warning(self.fit_[1], "step 2")
+        self.boot_fits_, self.n_boot_failed_ = self._refit_both(runs, step1_columns, step2_columns, resampler,
+                                                                finals, final_rows, smoother, anchor, delta)
+        self._calibrate(ladder, task, metric, loss, loss_task, items)
+        return self
+
+    def _refit_both(self, runs, step1_columns, step2_columns, resampler, finals, final_rows, smoother, anchor, delta):
+        """Both steps refitted on every bootstrap resample at once (capscale.laws.fitting.refit_many):
+        a resample is a weighting of the runs (how often each was drawn), plus redrawn items."""
+        s1, s2 = self.fit_
+        counts, redrawn = self._resamples(len(runs), resampler)
+        keep = (counts > 0).sum(1) >= n_free(*STEP1_FORMS[self.step1_form_])
+        if resampler is None:
+            y1 = finals["loss"].to_numpy(float)
+            x2, v2 = self.step2_data_["loss"].to_numpy(float), self.step2_data_["value"].to_numpy(float)
+        else:
+            loss = np.stack([r["loss"] for r, k in zip(redrawn, keep) if k]).reshape(int(keep.sum()), -1)
+            value = np.stack([r["value"] for r, k in zip(redrawn, keep) if k]).reshape(int(keep.sum()), -1)
+            y1, x2, v2 = loss[:, final_rows], loss @ smoother.T, value @ smoother.T
+        w1 = counts[keep][:, step1_columns.row_runs()]
+        w2 = counts[keep][:, step2_columns.row_runs()]
+        y2 = self._to_space(v2)
+        d = delta
+        if anchor is not None:
+            b = w2.shape[0]
+            x2 = np.concatenate([np.broadcast_to(x2, (b, w2.shape[1])), np.full((b, 1), anchor[0])], axis=1)
+            y2 = np.concatenate([np.broadcast_to(y2, (b, w2.shape[1])), np.full((b, 1), anchor[1])], axis=1)
+            w2 = np.concatenate([w2, np.full((b, 1), self.anchor_weight)], axis=1)
+            d = np.append(np.full(x2.shape[1] - 1, 1e-2 if delta is None else delta), np.inf)
+        step1 = refit_many(s1, {k: finals[k].to_numpy(float) for k in s1.form.inputs}, y1, w1)
+        step2 = refit_many(s2, {"loss": x2}, y2, w2, delta=d)
+        fits = [(a, b) for a, b in zip(step1, step2) if a is not None and b is not None]
+        report_refits(self.n_boot)
+        return fits, self.n_boot - len(fits)
+
+    # --- predict --------------------------------------------------------------------------
+    def predict_loss(self, target: dict, fit: FitResult) -> float:
+        return predict_loss(target, fit)
+
+    def predictive_draws(self, params=None, tokens=None, flops=None, with_loss: bool = False):
+        target = target_scale(params, tokens, flops)
+        s1, s2 = self.fit_
+        loss = predict_loss(target, s1)
+        value = float(self.step2_curve([loss], s2)[0])
+        boot_loss = np.array([predict_loss(target, b1) for b1, _ in self.boot_fits_])
+        boot_value = np.array([float(self.step2_curve([l], b2)[0]) for (_, b2), l in zip(self.boot_fits_, boot_loss)])
+        draws = boot_value + self._residual_draws(self.noise_, len(boot_value))
+        return (value, draws, loss, boot_loss) if with_loss else (value, draws)
+
+    def predict(self, params=None, tokens=None, flops=None, level: float | None = None) -> Forecast:
+        target = target_scale(params, tokens, flops)
+        value, draws, loss, boot_loss = self.predictive_draws(**target, with_loss=True)
+        level_ = self.level if level is None else level
+        loss_lower, loss_upper = self._loss_interval(loss, boot_loss, level_)
+        return self._forecast(value, draws, target, level, loss=loss, loss_lower=loss_lower, loss_upper=loss_upper,
+                              **self._forecast_fields(target, level))
 
 
-def boot_warning(failed: int, total: int) -> list[str]:
-    if total and failed / total > 0.2:
-        return [f"{failed} of {total} bootstrap refits failed; the interval rests on the rest"]
-    return []
+class CarryForwardPredictor(TaskPredictor):
+    """The family's largest run carried forward, with an interval from the family's observed steps.
+
+    Between consecutive runs (by the scale input x) the metric moved by s_i per e-fold of x; a
+    target d e-folds beyond the largest run could move by any s_i * d, or not at all. The draws
+    are those moves (and zero) with the measurement noise of the last run (its stderr, twice: it
+    and the target are both measured) — the honest forecast when two or three runs are all there is."""
+
+    method_name = "carry-forward"
+
+    def __init__(self, x: str = "auto", level=0.9, n_boot=1000, seed=0, calibrate=True, n_origins=3,
+                 growth=DEFAULT_GROWTH, n_boot_origin=100):
+        super().__init__(level, n_boot, seed, calibrate, n_origins, growth, n_boot_origin)
+        self.x = x
+
+    def fit(self, ladder: pd.DataFrame, task: str, metric: str = "acc", loss=None, loss_task=None,
+            items=None) -> "CarryForwardPredictor":
+        self.task_, self.metric_, self.loss_metric_ = task, metric, None
+        points = final_checkpoints(metric_series(ladder, task, metric))
+        self.x_ = resolve_x(self.x, points)
+        points = points.sort_values(self.x_, kind="stable").reset_index(drop=True)
+        if len(points) < 2:
+            raise CapscaleError(f"task {task!r}: carry-forward needs 2 runs (an observed step), got {len(points)}")
+        self.data_, self.n_runs_ = points, len(points)
+        self.extent_ = ladder_extent(points)
+        self.chance_ = chance_level(points) if metric_kind(metric).has_chance else None
+        z, y = np.log(points[self.x_].to_numpy(float)), points["value"].to_numpy(float)
+        gaps = np.diff(z)
+        self.slopes_ = np.diff(y)[gaps > 0] / gaps[gaps > 0]
+        self.last_ = float(y[-1])
+        stderr = points["stderr"].iloc[-1] if "stderr" in points else np.nan
+        self.noise_sd_ = float(np.sqrt(2.0) * stderr) if np.isfinite(stderr) else 0.0
+        self.form_used_ = "carry-forward"
+        self.fit_warnings_ = []
+        self.n_boot_failed_ = 0
+        self._calibrate(ladder, task, metric, loss, loss_task, items)
+        return self
+
+    def predictive_draws(self, params=None, tokens=None, flops=None) -> tuple[float, np.ndarray]:
+        target = target_scale(params, tokens, flops)
+        require_inputs(target, (self.x_,), f"carry-forward in {self.x_}")
+        d = max(float(np.log(target[self.x_]) - np.log(self.data_[self.x_].iloc[-1])), 0.0)
+        rng = np.random.default_rng(self.seed)
+        n = max(self.n_boot, 1)
+        moves = np.append(self.slopes_ * d, 0.0)
+        draws = self.last_ + rng.choice(moves, n) + rng.normal(0.0, self.noise_sd_, n)
+        return self.last_, draws
 
 
 def smoothing_operator(points: pd.DataFrame, skip_fraction: float, window: int) -> tuple[pd.DataFrame, np.ndarray]:
@@ -227,146 +586,5 @@ def smooth_runs(points: pd.DataFrame, skip_fraction: float, window: int) -> pd.D
     return kept.assign(loss=S @ points["loss"].to_numpy(float), value=S @ points["value"].to_numpy(float))
 
 
-class ItemResampler:
-    """Per-item values behind each ladder row, so a bootstrap can resample the benchmark's items
-    too (the same items for every checkpoint: a draw shifts the whole ladder coherently)."""
-
-    def __init__(self, matrices: dict[str, np.ndarray], groups: dict[str, str]):
-        self.matrices = matrices  # column -> [n_rows, n_items] item values per ladder row
-        self.groups = groups  # column -> task whose items it averages (same task = same draw)
-
-    @classmethod
-    def from_items(cls, items: pd.DataFrame | None, checkpoints: pd.Series, columns: dict[str, tuple[str, str]]):
-        """``columns``: name -> (task, per-item metric). None when items are absent or incomplete."""
-        if items is None or checkpoints.isna().any():
-            return None
-        matrices, groups = {}, {}
-        for name, (task, metric) in columns.items():
-            rows = items[items["task"] == task]
-            if rows.empty or metric not in rows:
-                return None
-            table = rows.pivot_table(index="checkpoint", columns="item", values=metric, aggfunc="first")
-            table = table.reindex(checkpoints.to_numpy())
-            if table.isna().to_numpy().any():
-                return None
-            matrices[name], groups[name] = table.to_numpy(float), task
-        return cls(matrices, groups)
-
-    def draw(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        weights = {}
-        for task in dict.fromkeys(self.groups.values()):
-            n = next(m.shape[1] for c, m in self.matrices.items() if self.groups[c] == task)
-            weights[task] = rng.multinomial(n, np.full(n, 1.0 / n)) / n
-        return {c: m @ weights[self.groups[c]] for c, m in self.matrices.items()}
-
-
-class TwoStepPredictor(BasePredictor):
-    """(N, D) or C -> task loss -> metric (Bhagia et al. 2024), uncertainty through both steps."""
-
-    def __init__(
-        self,
-        step1: str = "auto",
-        step2: str = "sigmoid_loss",
-        intermediate: bool = True,
-        skip_fraction: float = 0.1,
-        smooth: int = 5,
-        level: float = 0.9,
-        n_boot: int = 1000,
-        seed: int = 0,
-    ):
-        super().__init__(level, n_boot, seed)
-        self.step1 = step1
-        self.step2 = step2
-        self.intermediate = intermediate
-        self.skip_fraction = skip_fraction
-        self.smooth = smooth
-
-    def choose_step1(self, finals: pd.DataFrame) -> str:
-        """(N, D) when the ladder varies tokens per parameter enough to separate them, else compute."""
-        if self.step1 != "auto":
-            return self.step1
-        tokens = finals["tokens"].to_numpy(float)
-        ratio = tokens / finals["params"].to_numpy(float)
-
-        def spread(x):
-            return np.isfinite(x).all() and x.min() > 0 and x.max() / x.min() > 2.0
-
-        return "chinchilla" if spread(tokens) and spread(ratio) and len(finals) >= 8 else "power_compute"
-
-    def fit(self, ladder: pd.DataFrame, task: str, metric: str = "acc", loss: str = "bpb_correct",
-            loss_task: str | None = None, items: pd.DataFrame | None = None) -> "TwoStepPredictor":
-        """``loss_task`` takes the loss from another task (e.g. a validation loss, as Gadre et al. 2024);
-        ``items`` (capscale.metrics.item_metrics of the ladder's store) adds item resampling."""
-        self.task_, self.metric_, self.loss_metric_ = task, metric, loss
-        loss_points = metric_series(ladder, loss_task or task, loss)
-        value_points = metric_series(ladder, task, metric)
-        joined = value_points.merge(loss_points[RUN_KEYS + ["step", "value"]].rename(columns={"value": "loss"}),
-                                    on=RUN_KEYS + ["step"], how="inner")
-        if joined.empty:
-            raise CapscaleError(f"task {task!r}: no checkpoint has both {metric!r} and {loss!r}")
-        joined = joined.reset_index(drop=True)
-        last_step = joined.groupby(RUN_KEYS, sort=False)["step"].transform("max")
-        final_rows = np.flatnonzero((joined["step"].isna() | (joined["step"] == last_step)).to_numpy())
-        finals = joined.iloc[final_rows].reset_index(drop=True)  # same rows as ladder.final_checkpoints
-        self.step1_form_ = self.choose_step1(finals)
-        if self.intermediate:
-            step2_data, smoother = smoothing_operator(joined, self.skip_fraction, self.smooth)
-        else:
-            step2_data, smoother = finals, np.eye(len(joined))[final_rows]
-        step2_data = step2_data.assign(loss=smoother @ joined["loss"].to_numpy(float),
-                                       value=smoother @ joined["value"].to_numpy(float))
-        self.data_, self.step2_data_ = finals, step2_data
-        self.extent_ = ladder_extent(finals)
-        self.chance_ = chance_level(joined) if metric.startswith("acc") else None
-        f1, f2 = get_form(self.step1_form_), get_form(self.step2)
-        fixed2 = {"b": self.chance_} if self.chance_ is not None and "b" in f2.param_names else {}
-
-        runs = run_keys(finals)
-        step1_columns, step2_columns = RunColumns(finals, runs), RunColumns(step2_data, runs)
-        joined_values = {"loss": joined["loss"].to_numpy(float), "value": joined["value"].to_numpy(float)}
-        step1_inputs = {k: finals[k].to_numpy(float) for k in f1.inputs}
-        resampler = ItemResampler.from_items(items, joined.get("checkpoint", pd.Series([np.nan])),
-                                             {"value": (task, metric), "loss": (loss_task or task, loss)})
-        self.items_resampled_ = resampler is not None
-
-        def warm(fit: FitResult | None) -> dict:
-            return {} if fit is None else dict(starts=[fit.params], reference=fit.reference)
-
-        def fit_once(run_indices=None, redrawn=None):
-            values = {**joined_values, **(redrawn or {})}
-            d1 = step1_columns.take({**step1_inputs, "loss": values["loss"][final_rows]}, run_indices)
-            d2 = step2_columns.take({c: smoother @ values[c] for c in ("loss", "value")}, run_indices)
-            full = run_indices is None
-            s1 = fit_form(f1, {k: d1[k] for k in f1.inputs}, d1["loss"], **warm(None if full else self.fit_[0]))
-            s2 = fit_form(f2, {"loss": d2["loss"]}, d2["value"], fixed=fixed2, **warm(None if full else self.fit_[1]))
-            return s1, s2
-
-        self.fit_ = fit_once()
-        # observation noise for the prediction interval: unsmoothed step-2 points around the fitted curve
-        raw = smooth_runs(joined, self.skip_fraction, 1) if self.intermediate else finals
-        self.noise_ = raw["value"].to_numpy(float) - self.fit_[1].predict(loss=raw["loss"].to_numpy(float))
-        self.fit_warnings_ = dof_warning(self.fit_[0], "step 1") + dof_warning(self.fit_[1], "step 2")
-        self.boot_fits_, self.n_boot_failed_ = self._bootstrap(fit_once, len(runs), len(f1.param_names), resampler)
-        return self
-
-    def predict_loss(self, target: dict, fit: FitResult) -> float:
-        missing = [k for k in fit.form.inputs if target.get(k) is None]
-        if missing:
-            raise CapscaleError(f"step 1 ({fit.form.name}) needs the target's {' and '.join(missing)}")
-        return float(fit.predict(**{k: np.array([target[k]]) for k in fit.form.inputs})[0])
-
-    def predict(self, params=None, tokens=None, flops=None) -> Forecast:
-        target = scale_target(params, tokens, flops)
-        s1, s2 = self.fit_
-        loss = self.predict_loss(target, s1)
-        value = float(s2.predict(loss=np.array([loss]))[0])
-        boot_loss = np.array([self.predict_loss(target, b1) for b1, _ in self.boot_fits_])
-        boot_value = np.array([float(b2.predict(loss=np.array([l]))[0]) for (_, b2), l in zip(self.boot_fits_, boot_loss)])
-        boot_value = bound(self.metric_, boot_value + self._residual_draws(self.noise_, len(boot_value)))
-        value = float(bound(self.metric_, value))
-        lower, upper = percentile_interval(boot_value, self.level) if len(boot_value) else (np.nan, np.nan)
-        loss_lower, loss_upper = percentile_interval(boot_loss, self.level) if len(boot_loss) else (np.nan, np.nan)
-        return Forecast(value, lower, upper, self.level, loss, loss_lower, loss_upper, len(boot_value),
-                        self.n_boot_failed_,
-                        getattr(self, "fit_warnings_", []) + extrapolation_warning(self.extent_, target)
-                        + boot_warning(self.n_boot_failed_, self.n_boot))
+__all__ = ["DirectPredictor", "TwoStepPredictor", "CarryForwardPredictor", "Forecast", "smoothing_operator",
+           "run_rows", "task_finals"]

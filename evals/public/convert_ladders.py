@@ -393,6 +393,70 @@ def check_items_against_aggregate(rows: pd.DataFrame, manifest: pd.DataFrame, ag
 
 # --- main -------------------------------------------------------------------------------
 
+# --- OPT/BLOOM 0-shot (EleutherAI/pythia evals) and lm-eval's 2023 results ----------------
+
+# nominal chance = 1 / number of choices, for tasks whose choice count is fixed (others stay empty)
+NOMINAL_CHANCE = {
+    "arc_challenge": 0.25, "arc_easy": 0.25, "hellaswag": 0.25, "openbookqa": 0.25, "sciq": 0.25, "logiqa": 0.25,
+    "headqa": 0.25, "prost": 0.25, "race": 0.25, "swag": 0.25, "mathqa": 0.2, "piqa": 0.5, "winogrande": 0.5,
+    "boolq": 0.5, "copa": 0.5, "wsc": 0.5, "wsc273": 0.5, "wnli": 0.5, "rte": 0.5, "qnli": 0.5, "qqp": 0.5,
+    "mrpc": 0.5, "sst": 0.5, "cola": 0.5, "wic": 0.5, "multirc": 0.5, "toxigen": 0.5, "cb": 1 / 3, "mnli": 1 / 3,
+    "mnli_mismatched": 1 / 3, "anli_r1": 1 / 3, "anli_r2": 1 / 3, "anli_r3": 1 / 3,
+    "bigbench_causal_judgement": 0.5, "bigbench_formal_fallacies_syllogisms_negation": 0.5,
+    "bigbench_hyperbaton": 0.5, "bigbench_navigate": 0.5, "bigbench_snarks": 0.5,
+    "bigbench_sports_understanding": 0.5, "bigbench_logical_deduction_three_objects": 1 / 3,
+    "bigbench_logical_deduction_five_objects": 0.2, "bigbench_logical_deduction_seven_objects": 1 / 7,
+    "bigbench_tracking_shuffled_objects_three_objects": 1 / 3,
+    "bigbench_tracking_shuffled_objects_five_objects": 0.2,
+    "bigbench_tracking_shuffled_objects_seven_objects": 1 / 7,
+}
+NOMINAL_CHANCE_PREFIXES = {"hendrycksTest-": 0.25, "blimp_": 0.5, "xcopa_": 0.5, "xstory_cloze_": 0.5,
+                           "xwinograd_": 0.5, "pawsx_": 0.5, "xnli_": 1 / 3, "ethics_": 0.5}
+CHANCE_METRICS = ("acc", "acc_norm", "multiple_choice_grade")
+
+
+def nominal_chance(task: str, metric: str) -> float:
+    if metric not in CHANCE_METRICS:
+        return np.nan
+    if task in NOMINAL_CHANCE:
+        return NOMINAL_CHANCE[task]
+    for prefix, chance in NOMINAL_CHANCE_PREFIXES.items():
+        if task.startswith(prefix):
+            return chance
+    return np.nan
+
+
+def nominal_total_params(df: pd.DataFrame) -> pd.DataFrame:
+    """These sources give only the models' nominal total sizes (from their names): params keeps that
+    number (params_total the same) and flops = 6 · params · tokens with the published token budgets."""
+    out = df.copy()
+    out["params_total"] = out["params"]
+    out["flops"] = 6.0 * out["params"] * out["tokens"]
+    out["chance"] = [nominal_chance(t, m) for t, m in zip(out["task"], out["metric"])]
+    return out.drop(columns=[c for c in ("params_nonembed", "flops_source") if c in out.columns])
+
+
+def convert_opt_bloom(src: Path) -> pd.DataFrame:
+    df = pd.read_csv(src / "pythia" / "opt_bloom_zeroshot.csv")
+    df = nominal_total_params(df)
+    check_unique(df, ["family", "model", "task", "metric", "num_fewshot"], "opt_bloom")
+    return ladder_order(df, ["num_fewshot", "stderr", "chance", "params_total"])
+
+
+def convert_lm_eval_2023(src: Path) -> tuple[pd.DataFrame, int]:
+    """One row per (model, task, metric, shots); where two result files report the same one (boolq,
+    copa, ... in both common_sense_reasoning and superglue), the alphabetically first file is kept
+    (their values differ in the 4th decimal at most)."""
+    df = pd.read_csv(src / "lm_eval_2023" / "lm_eval_harness_results_2023.csv")
+    df = nominal_total_params(df)
+    keys = ["family", "model", "task", "metric", "num_fewshot"]
+    df = df.sort_values(keys + ["result_file"], kind="stable")
+    duplicated = df.duplicated(keys, keep="first")
+    df = df.loc[~duplicated]
+    check_unique(df, keys, "lm_eval_2023")
+    return ladder_order(df, ["num_fewshot", "stderr", "chance", "params_total", "result_file"]), int(duplicated.sum())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="the shared data/ladders folder")
@@ -404,6 +468,10 @@ def main(argv: list[str] | None = None) -> int:
     write_table(convert_pythia(src), out, "pythia")
     write_table(convert_pythia_arithmetic(src), out, "pythia_arithmetic")
     write_table(convert_openlm(src), out, "openlm_overtraining")
+    write_table(convert_opt_bloom(src), out, "opt_bloom")
+    lm_eval, n_dropped = convert_lm_eval_2023(src)
+    write_table(lm_eval, out, "lm_eval_2023")
+    print(f"  lm_eval_2023: {n_dropped} rows reported twice (two result files) dropped")
 
     aggregate, meta = convert_inverse_aggregate(src)
     manifest = inverse_manifest(meta)

@@ -1,0 +1,122 @@
+"""One registry of forecasting methods: name -> how to build it, what it forecasts, what it reads.
+
+The CLI (``--method``), backtests, persistence and plots ask this table instead of switching on
+method names; adding a method is one entry here. Builders import their predictor lazily, so
+importing the registry stays cheap and nothing imports back into it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from capscale.errors import CapscaleError
+
+
+@dataclass
+class MethodOptions:
+    """Everything a method may be configured with from the command line; each builder takes its share."""
+    level: float = 0.9
+    n_boot: int = 1000
+    seed: int = 0
+    step1: str = "auto"
+    step2: str = "sigmoid_loss"
+    x: str | None = None
+    ceiling: str = "auto"
+    anchor_weight: float = 1.0
+    calibrate: bool = True
+    n_origins: int = 3
+    extra: dict = field(default_factory=dict)
+
+    def common(self) -> dict:
+        return dict(level=self.level, n_boot=self.n_boot, seed=self.seed, calibrate=self.calibrate,
+                    n_origins=self.n_origins)
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    build: Callable[[MethodOptions], object]
+    default_metric: str
+    items: str | None  # per-item data it reads: "choices" (per-choice rows), "item_metrics", "samples", or None
+    items_required: bool
+    plot: str  # function of capscale.plots that draws its backtest
+    summary: str
+    predictor_class: str = ""  # class name, for saved fits
+
+
+def _auto(o: MethodOptions):
+    from capscale.laws.auto import AutoPredictor
+
+    return AutoPredictor(ceiling=o.ceiling, anchor_weight=o.anchor_weight, **o.common())
+
+
+def _two_step(o: MethodOptions):
+    from capscale.laws.predictors import TwoStepPredictor
+
+    return TwoStepPredictor(step1=o.step1, step2=o.step2, ceiling=o.ceiling, anchor_weight=o.anchor_weight,
+                            **o.common())
+
+
+def _direct(o: MethodOptions):
+    from capscale.laws.predictors import DirectPredictor
+
+    return DirectPredictor(form=o.extra.get("form", "auto"), x=o.x or "auto", **o.common())
+
+
+def _carry_forward(o: MethodOptions):
+    from capscale.laws.predictors import CarryForwardPredictor
+
+    return CarryForwardPredictor(x=o.x or "auto", **o.common())
+
+
+def _pass_until(per_item: bool):
+    def build(o: MethodOptions):
+        from capscale.laws.passuntil import PassUntilPredictor
+
+        return PassUntilPredictor(per_item=per_item, x=o.x or "params", **o.common())
+
+    return build
+
+
+def _choice_mass(o: MethodOptions):
+    from capscale.laws.choicemass import ChoiceMassPredictor
+
+    return ChoiceMassPredictor(x=o.x or "auto", step1=o.step1, **o.common())
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("auto", _auto, "acc", "choices", False, "plot_forecast",
+           "per task, the candidate that forecasts the ladder's own largest runs best (rolling origin)",
+           "AutoPredictor"),
+    Method("two-step", _two_step, "acc", "item_metrics", False, "plot_two_step",
+           "compute -> task loss -> metric (OLMo ladder), step-1 form by rolling origin, anchored ceiling",
+           "TwoStepPredictor"),
+    Method("direct", _direct, "acc", "item_metrics", False, "plot_direct",
+           "compute -> metric: sigmoid, 2-parameter sigmoid or line in log compute", "DirectPredictor"),
+    Method("carry-forward", _carry_forward, "acc", None, False, "plot_direct",
+           "the largest run's value, interval from the family's observed steps", "CarryForwardPredictor"),
+    Method("pass-until", _pass_until(False), "pass_until", "samples", False, "plot_pass_until",
+           "PU = exp(-c N^-alpha) on the task's PassUntil estimates", "PassUntilPredictor"),
+    Method("pass-until-items", _pass_until(True), "pass_until", "samples", True, "plot_pass_until",
+           "the per-item PassUntil law (needs per-item sample counts)", "PassUntilPredictor"),
+    Method("choice-mass", _choice_mass, "acc", "choices", True, "plot_choice_mass_forecast",
+           "per-item margins over each incorrect choice, pooled across items (needs per-choice rows)",
+           "ChoiceMassPredictor"),
+)}
+DEFAULT_METHOD = "auto"
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise CapscaleError(f"--method must be one of {', '.join(METHODS)}, got {name!r}")
+    return METHODS[name]
+
+
+def make_predictor(method: str, options: MethodOptions | None = None):
+    return get_method(method).build(options or MethodOptions())
+
+
+def method_for_metric(metric: str | None) -> str:
+    """The method a metric alone asks for: the PassUntil law for pass_until, auto otherwise."""
+    return "pass-until" if metric == "pass_until" else DEFAULT_METHOD
