@@ -361,3 +361,17 @@ def test_meta_without_an_entry_for_a_model_is_an_error(lmeval_run, tmp_path):
     with pytest.raises(StoreError, match=r"no entry for /ladder/m2 \(checkpoint 'm2'\)"):
         ingest_lm_eval(tmp_path / "src", store, meta=meta, progress=False)
     assert not store.choices_dir.exists()
+
+
+def test_corrupt_ingested_pair_is_named_and_repaired(lmeval_run, tmp_path):
+    store = ResultsStore(tmp_path / "store")
+    ingest_lm_eval(lmeval_run["out"], store, progress=False)
+    before = store.read_choices().sort_values(["task", "item", "choice"]).reset_index(drop=True)
+    bad = store.pair_path("tinyllama", "tiny_mc")
+    bad.write_bytes(b"PAR1 garbage")
+    with pytest.raises(StoreError, match=f"{bad}: corrupt or unreadable.*--repair"):
+        ingest_lm_eval(lmeval_run["out"], store, progress=False)
+    report = ingest_lm_eval(lmeval_run["out"], store, repair=True, progress=False)
+    assert report.pairs_written == 1 and report.pairs_skipped_existing == 1
+    after = store.read_choices().sort_values(["task", "item", "choice"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(after, before)
