@@ -1,7 +1,8 @@
 """The single command ``capscale``: one subcommand per job, thin wrappers over the library.
 
 Exit codes: 0 success; 1 some (checkpoint, task) pairs failed (the rest were written);
-2 bad input (the message names the file, line or option to fix).
+2 bad input: one ``error:`` line naming the file, line or option to fix, never a traceback
+(CapscaleError, and OSError about a path the user gave).
 """
 
 from __future__ import annotations
@@ -21,13 +22,29 @@ def add_scoring_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-fewshot", type=int, help="few-shot examples for lm-eval tasks")
     p.add_argument("--delimiter", help="target delimiter for JSONL tasks (default: sidecar or ' ')")
     p.add_argument("--limit", type=int, help="only the first N items of each task (for quick checks)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--token-budget", type=int, help="max padded tokens per forward batch (default 4096 cpu / 65536 cuda)")
     p.add_argument("--mode", default="auto", choices=["auto", "shared", "independent"],
                    help="shared: one pass per context for all choices; independent: one row per choice")
     p.add_argument("--overwrite", action="store_true", help="re-score pairs that are already in the store")
+    p.add_argument("--repair", action="store_true",
+                   help="re-score only the pairs whose stored files are unreadable (corrupt); the rest are kept")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def check_run_options(args) -> None:
+    """Options of the scoring and sampling commands that would otherwise fail late or silently:
+    the device (resolved here, so a typo is exit 2, not a failed pair per checkpoint) and counts."""
+    from capscale.models import resolve_device
+    from capscale.tasks.spec import check_limit
+
+    check_limit(args.limit)
+    for option, value, least in (("--token-budget", getattr(args, "token_budget", None), 1),
+                                 ("--num-fewshot", args.num_fewshot, 0)):
+        if value is not None and value < least:
+            raise CapscaleError(f"{option} must be >= {least}, got {value}")
+    args.device = resolve_device(args.device)
 
 
 def load_tasks(args, extra_specs: list[str] = ()):
@@ -55,7 +72,8 @@ def run_evaluation(args, specs, tasks) -> int:
         hf_logging.disable_progress_bar()
     summary = evaluate(
         specs, tasks, ResultsStore(args.out), device=args.device, dtype=args.dtype,
-        token_budget=args.token_budget, mode=args.mode, overwrite=args.overwrite, progress=not args.no_progress,
+        token_budget=args.token_budget, mode=args.mode, overwrite=args.overwrite, repair=args.repair,
+        progress=not args.no_progress,
     )
     table = summary.table()
     cols = ["checkpoint", "task", "status", "n_items", "acc", "n_truncated", "mode", "tokens_per_s"]
@@ -68,13 +86,18 @@ def run_evaluation(args, specs, tasks) -> int:
     return 1 if summary.failed else 0
 
 
-def cmd_eval(args) -> int:
-    from capscale.ladderspec import CheckpointSpec, default_checkpoint_name
+def model_specs(args):
+    """CheckpointSpecs of --model DIR (named by --name or the folder), with the manifest options."""
+    from capscale.ladderspec import CheckpointSpec, default_checkpoint_name, scale_problem
 
     names = args.name or []
     if names and len(names) != len(args.model):
         raise CapscaleError(f"--name given {len(names)} times but --model {len(args.model)} times")
-    specs = [
+    for key in ("params", "tokens"):
+        problem = scale_problem(key, getattr(args, key), args.step)
+        if problem:
+            raise CapscaleError(f"--{problem}")
+    return [
         CheckpointSpec(
             path=path, checkpoint=names[i] if names else default_checkpoint_name(path),
             model=names[i] if names else default_checkpoint_name(path), family=args.family,
@@ -82,12 +105,17 @@ def cmd_eval(args) -> int:
         )
         for i, path in enumerate(args.model)
     ]
-    return run_evaluation(args, specs, load_tasks(args))
+
+
+def cmd_eval(args) -> int:
+    check_run_options(args)
+    return run_evaluation(args, model_specs(args), load_tasks(args))
 
 
 def cmd_ladder_eval(args) -> int:
     from capscale.ladderspec import load_ladder_spec
 
+    check_run_options(args)
     specs, task_specs = load_ladder_spec(args.ladder)
     return run_evaluation(args, specs, load_tasks(args, task_specs))
 
@@ -116,13 +144,14 @@ def cmd_summary(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from capscale.ladderspec import CheckpointSpec, default_checkpoint_name, generative_task_specs, load_ladder_spec
+    from capscale.ladderspec import generative_task_specs, load_ladder_spec
     from capscale.sampling import SamplingConfig, sample_checkpoints
     from capscale.store import ResultsStore
     from capscale.tasks import load_gen_task
 
     if bool(args.model) == bool(args.ladder):
         raise CapscaleError("give either --model DIR (repeatable) or --ladder SPEC")
+    check_run_options(args)
     task_specs = list(args.task)
     if args.ladder:
         specs, _ = load_ladder_spec(args.ladder)
@@ -133,13 +162,7 @@ def cmd_sample(args) -> int:
                 raise CapscaleError(f"--checkpoint {unknown} not in {args.ladder}")
             specs = [s for s in specs if s.checkpoint in args.checkpoint]
     else:
-        names = args.name or []
-        if names and len(names) != len(args.model):
-            raise CapscaleError(f"--name given {len(names)} times but --model {len(args.model)} times")
-        specs = [CheckpointSpec(path=path, checkpoint=names[i] if names else default_checkpoint_name(path),
-                                model=names[i] if names else default_checkpoint_name(path), family=args.family,
-                                step=args.step, params=args.params, tokens=args.tokens)
-                 for i, path in enumerate(args.model)]
+        specs = model_specs(args)
     if not task_specs:
         raise CapscaleError("no task given: pass --task SPEC (a generative JSONL file, a shipped name, or lm-eval:NAME)")
     tasks = [load_gen_task(t, include_path=args.include_path, num_fewshot=args.num_fewshot, limit=args.limit)
@@ -151,7 +174,7 @@ def cmd_sample(args) -> int:
 
         hf_logging.disable_progress_bar()
     results = sample_checkpoints(specs, tasks, ResultsStore(args.out), config, device=args.device, dtype=args.dtype,
-                                 overwrite=args.overwrite, progress=not args.no_progress)
+                                 overwrite=args.overwrite, repair=args.repair, progress=not args.no_progress)
     import pandas as pd
 
     table = pd.DataFrame([r.__dict__ for r in results])
@@ -170,7 +193,8 @@ def cmd_ingest(args) -> int:
     from capscale.store import ResultsStore
 
     report = ingest_lm_eval(args.src, ResultsStore(args.out), tokenizer=args.tokenizer, family=args.family,
-                            checkpoint=args.checkpoint, progress=not args.no_progress)
+                            checkpoint=args.checkpoint, meta=args.meta, repair=args.repair,
+                            progress=not args.no_progress)
     print(f"pairs written: {report.pairs_written}, already present: {report.pairs_skipped_existing}, "
           f"rows: {report.n_rows}")
     for file, reason in report.tasks_skipped_not_mc:
@@ -312,8 +336,14 @@ def cmd_fit(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    import math
+
     from capscale.laws.persist import load_predictor
 
+    for option in ("params", "tokens", "flops"):
+        value = getattr(args, option)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise CapscaleError(f"--{option} must be a positive number, got {value:g}")
     predictor = load_predictor(args.fit)
     f = predictor.predict(params=args.params, tokens=args.tokens, flops=args.flops, level=args.level)
     print(f"{predictor.task_} {predictor.metric_}: {f.value:.4f}  [{f.lower:.4f}, {f.upper:.4f}] at {f.level:.0%}"
@@ -451,9 +481,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=256, help="sequences decoded in parallel (default 256)")
     p.add_argument("--exact", action="store_true",
                    help="also compute each exact-match item's exact pass probability (one forward pass)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--overwrite", action="store_true", help="redo pairs already in the store (or in flight)")
+    p.add_argument("--repair", action="store_true",
+                   help="redo only the pairs whose stored files (or saved progress) are unreadable")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_sample)
 
@@ -469,14 +501,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="results store folder")
     p.add_argument("--tokenizer", help="tokenizer (checkpoint dir) to count continuation tokens")
     p.add_argument("--family", help="family recorded in the manifest (default lm-eval)")
-    p.add_argument("--checkpoint", help="checkpoint name (default: the model path's folder name)")
+    p.add_argument("--checkpoint", help="checkpoint name of the one model in SRC (default: the shortest tail of "
+                   "the model path that no other model uses, e.g. step20 or runA-step20)")
+    p.add_argument("--meta", metavar="FILE", help="family, model, params, tokens, step per checkpoint: a ladder spec "
+                   "(YAML, as for ladder-eval) or a CSV with columns checkpoint, family, model, params, tokens, step "
+                   "[, flops, params_total, path]; matched by checkpoint name or path")
+    p.add_argument("--repair", action="store_true", help="rewrite stored pairs whose files are unreadable")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("backtest", help="hold out models of a ladder, forecast them from the rest, report errors")
     p.add_argument("ladder", help="ladder table (CSV/Parquet) or results store folder")
     p.add_argument("--holdout", required=True, metavar="QUERY",
-                   help="pandas query selecting the held-out rows, e.g. \"params > 1e9\"")
+                   help="condition selecting the held-out rows: comparisons of columns and literals, and/or/not, "
+                        "in [...], + - * / ** (no code), e.g. \"params > 1e9 and model in ['a', 'b']\"")
     add_fit_options(p)
     p.add_argument("--task", action="append", help="only these tasks (repeatable; default all)")
     p.add_argument("--jobs", type=int, default=2, help="worker processes, one task each (default 2)")
@@ -535,6 +573,11 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except CapscaleError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.filename is None:  # not about a path the user gave: a bug or a system problem, keep the traceback
+            raise
+        print(f"error: {e.filename}: {e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished (checkpoint, task) pairs are saved; rerun the same command to resume",

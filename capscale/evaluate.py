@@ -3,7 +3,10 @@
 The unit of work and of atomic writing is one (checkpoint, task) pair: a rerun of the same
 command skips finished pairs, so a killed run resumes where it stopped with no lost or
 duplicated rows. A pair whose stored fingerprint (task content, dtype) differs from the
-current request is not silently reused: it raises unless ``overwrite`` is set.
+current request is not silently reused: it raises unless ``overwrite`` is set. A finished pair
+whose file is unreadable raises too, unless ``repair`` is set: then that pair alone is redone.
+A checkpoint whose pairs are all done but which has no manifest row (a store written by an older
+capscale, or edited by hand) is registered again, so a rerun always leaves a readable store.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from tqdm.auto import tqdm
 from capscale.errors import CapscaleError, StoreError
 from capscale.ladderspec import CheckpointSpec
 from capscale.metrics import item_metrics
-from capscale.store import ResultsStore
+from capscale.store import ResultsStore, corrupt_message
 from capscale.tasks.schema import MCTask
 
 
@@ -98,11 +101,22 @@ def load_and_register(spec: CheckpointSpec, store: ResultsStore, device: str, dt
     return loaded
 
 
-def pending_tasks(store: ResultsStore, spec: CheckpointSpec, tasks: list[MCTask], dtype: str, overwrite: bool):
+def pending_tasks(store: ResultsStore, spec: CheckpointSpec, tasks: list[MCTask], dtype: str, overwrite: bool,
+                  repair: bool = False):
+    """Tasks of ``spec`` still to score: absent, ``overwrite``, or (with ``repair``) unreadable pairs."""
     pending = []
     for task in tasks:
-        info = store.run_info(spec.checkpoint, task.name) if store.has_pair(spec.checkpoint, task.name) else None
-        if info is None or overwrite:
+        if not store.has_pair(spec.checkpoint, task.name) or overwrite:
+            pending.append(task)
+            continue
+        broken = store.broken_file(store.pair_files(spec.checkpoint, task.name), full=repair)
+        if broken is not None:
+            if not repair:
+                raise StoreError(corrupt_message(*broken))
+            pending.append(task)
+            continue
+        info = store.run_info(spec.checkpoint, task.name)
+        if info is None:
             pending.append(task)
         elif info.get("fingerprint") != task_fingerprint(task, dtype):
             raise StoreError(
@@ -110,6 +124,10 @@ def pending_tasks(store: ResultsStore, spec: CheckpointSpec, tasks: list[MCTask]
                 f"or another dtype than this run's; pass --overwrite to replace them or use another --out"
             )
     return pending
+
+
+def is_registered(store: ResultsStore, checkpoint: str) -> bool:
+    return checkpoint in set(store.read_manifest()["checkpoint"])
 
 
 def evaluate(
@@ -122,23 +140,25 @@ def evaluate(
     token_budget: int | None = None,
     mode: str = "auto",
     overwrite: bool = False,
+    repair: bool = False,
     progress: bool = True,
     keep_going: bool = True,
 ) -> RunSummary:
     """Score every pending (checkpoint, task) pair; failures of one checkpoint do not stop the others."""
     from capscale.scoring.loglik import score_items
 
+    store.create()
     store.remove_stale_temporaries()
     summary = RunSummary()
     outer = tqdm(total=len(specs) * len(tasks), desc="pairs", unit="pair", disable=not progress)
     for spec in specs:
-        todo = pending_tasks(store, spec, tasks, dtype, overwrite)
+        todo = pending_tasks(store, spec, tasks, dtype, overwrite, repair)
         todo_names = {t.name for t in todo}
         for task in tasks:
             if task.name not in todo_names:
                 summary.pairs.append(PairResult(spec.checkpoint, task.name, "skipped", len(task.items)))
                 outer.update(1)
-        if not todo:
+        if not todo and is_registered(store, spec.checkpoint):
             continue
         try:
             loaded = load_and_register(spec, store, device, dtype)
@@ -148,6 +168,10 @@ def evaluate(
             for task in todo:
                 summary.pairs.append(PairResult(spec.checkpoint, task.name, "failed", message=str(e)))
                 outer.update(1)
+            if not todo:  # only the manifest row was missing: its pairs cannot be summarised without it
+                for pair in summary.pairs:
+                    if pair.checkpoint == spec.checkpoint:
+                        pair.status, pair.message = "failed", f"no row in checkpoints.csv and cannot register it: {e}"
             continue
         for task in todo:
             outer.set_postfix_str(f"{spec.checkpoint} / {task.name}")

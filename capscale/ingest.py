@@ -37,7 +37,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from capscale.errors import CheckpointError, StoreError
-from capscale.store import CHOICE_COLUMNS, ResultsStore
+from capscale.ladderspec import CheckpointSpec, load_checkpoint_meta
+from capscale.store import CHOICE_COLUMNS, ResultsStore, corrupt_message, same_path
 
 SAMPLES_RE = re.compile(r"^samples_(?P<task>.+)_(?P<ts>\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}(?:\.\d+)?)\.jsonl$")
 DEFAULT_FAMILY = "lm-eval"
@@ -152,12 +153,67 @@ def model_identity(results: dict) -> tuple[str, str | None]:
     return str(pretrained), (str(revision) if revision is not None else None)
 
 
-def default_checkpoint_name(pretrained: str, revision: str | None, results_path: Path) -> str:
-    """Basename of the pretrained path; a revision (e.g. Pythia's step143000) is kept so steps stay apart."""
-    if not pretrained:
-        raise StoreError(f"{results_path}: no pretrained path in model_args; pass checkpoint= to name the model")
-    name = Path(pretrained.rstrip("/")).name or pretrained
+def path_parts(pretrained: str) -> list[str]:
+    """The folders of a model path or hub id, root excluded ('/ckpt/runA/step20' -> ckpt, runA, step20)."""
+    path = Path(pretrained.rstrip("/"))
+    return [part for part in path.parts if part != path.anchor] or [pretrained]
+
+
+def suffix_name(identity: tuple[str, str | None], depth: int) -> str:
+    """The last ``depth`` folders joined by '-'; a revision (e.g. Pythia's step143000) is kept after '@'."""
+    pretrained, revision = identity
+    name = "-".join(path_parts(pretrained)[-depth:])
     return f"{name}@{revision}" if revision else name
+
+
+def checkpoint_names(identities, taken: dict[str, str]) -> dict[tuple[str, str | None], str]:
+    """A unique checkpoint name per model: the shortest tail of its path that no other model of this
+    ingest, and no checkpoint of another path already in the store (``taken``: name -> path), uses.
+    A model alone keeps its folder name; runA/step20 and runB/step20 become runA-step20 and runB-step20.
+    A model already in the store (same path and revision) keeps its name there, so ingesting its runs
+    again, alone or with others, never files them under a second name. Two models whose whole paths
+    give one name are an error naming both."""
+    known = {}
+    for identity in identities:
+        same = [name for name, path in taken.items()
+                if same_path(path, identity[0]) and (name.rpartition("@")[2] if "@" in name else None) == identity[1]]
+        if len(same) == 1:
+            known[identity] = same[0]
+    rest = [identity for identity in identities if identity not in known]
+    depth = {identity: 1 for identity in rest}
+    while True:
+        names = {identity: suffix_name(identity, depth[identity]) for identity in rest}
+        groups: dict[str, list] = {}
+        for identity, name in names.items():
+            groups.setdefault(name, []).append(identity)
+        clashes = [(name, group) for name, group in groups.items()
+                   if len(group) > 1 or name in known.values()
+                   or (name in taken and not same_path(taken[name], group[0][0]))]
+        if not clashes:
+            return {**known, **names}
+        for name, group in clashes:
+            longer = [i for i in group if depth[i] < len(path_parts(i[0]))]
+            if not longer:
+                others = [i[0] + (f"@{i[1]}" if i[1] else "") for i in group]
+                if len(group) == 1:
+                    others.append(f"{taken.get(name, name)} (already in the store)")
+                raise StoreError(f"models {' and '.join(others)} would both be named {name!r}; name them with "
+                                 "--meta (a checkpoint per path) or ingest them into separate stores")
+            for identity in longer:
+                depth[identity] += 1
+
+
+def match_meta(identity: tuple[str, str | None], name: str, meta: list[CheckpointSpec]) -> CheckpointSpec | None:
+    """The metadata entry of a model: by checkpoint name, else (without a revision) by path."""
+    for spec in meta:
+        if spec.checkpoint == name:
+            return spec
+    pretrained, revision = identity
+    if revision is None:
+        hits = [spec for spec in meta if spec.path and same_path(spec.path, pretrained)]
+        if len(hits) == 1:
+            return hits[0]
+    return None
 
 
 def non_embedding_params(pretrained: str, reported_total: int | None) -> tuple[int | None, int | None, str | None]:
@@ -189,21 +245,23 @@ def non_embedding_params(pretrained: str, reported_total: int | None) -> tuple[i
     return params, total, None
 
 
-def manifest_record(checkpoint: str, family: str, pretrained: str, revision: str | None,
-                    results: dict) -> tuple[dict, str | None]:
-    reported = results.get("config", {}).get("model_num_parameters")
-    reported = int(reported) if isinstance(reported, (int, float)) and reported > 0 else None
-    params, params_total, note = non_embedding_params(pretrained, reported)
-    step = math.nan
-    if revision and re.fullmatch(r"step(\d+)", revision):
-        step = int(revision[4:])
-    record = {
-        "checkpoint": checkpoint, "family": family,
-        "params": params if params is not None else math.nan,
-        "params_total": params_total if params_total is not None else math.nan,
-        "tokens": math.nan, "flops": math.nan, "step": step,
-        "path": pretrained, "model": checkpoint,
-    }
+def manifest_record(checkpoint: str, pretrained: str, revision: str | None, results: dict,
+                    meta: CheckpointSpec | None) -> tuple[dict, str | None]:
+    """The model's manifest row (unknown fields None) and a note on what could not be measured.
+    ``meta`` (from --meta) gives family, model and the scale; params are counted only where it has none."""
+    given = {k: getattr(meta, k) for k in ("family", "model", "step", "params", "params_total", "tokens", "flops")
+             } if meta is not None else {}
+    note = None
+    if given.get("params") is None:
+        reported = results.get("config", {}).get("model_num_parameters")
+        reported = int(reported) if isinstance(reported, (int, float)) and reported > 0 else None
+        given["params"], counted_total, note = non_embedding_params(pretrained, reported)
+        given["params_total"] = given.get("params_total") or counted_total
+    if given.get("step") is None and revision and re.fullmatch(r"step(\d+)", revision):
+        given["step"] = int(revision[4:])
+    if given.get("flops") is None and given.get("params") is not None and given.get("tokens") is not None:
+        given["flops"] = 6.0 * given["params"] * given["tokens"]
+    record = {"checkpoint": checkpoint, "path": pretrained, **{k: v for k, v in given.items() if v not in ("", None)}}
     return record, note
 
 
@@ -390,6 +448,51 @@ def task_rows(run: _Run, samples: list[tuple[int, dict]], config: dict, results:
 
 # --- the entry point --------------------------------------------------------------------
 
+def same_rows(stored: pd.DataFrame, rows: pd.DataFrame) -> bool:
+    """Do two pairs hold the same numbers (items, choices, gold, log-likelihoods)? Token counts aside."""
+    key = ["item", "choice"]
+    cols = key + ["gold", "logprob"]
+    a = stored[cols].sort_values(key).reset_index(drop=True)
+    b = rows[cols].sort_values(key).reset_index(drop=True)
+    return len(a) == len(b) and a.astype(str).equals(b.astype(str))
+
+
+def resolve_names(src: Path, identities: list, store: ResultsStore, checkpoint: str | None,
+                  meta: list[CheckpointSpec] | None, meta_path) -> tuple[dict, dict]:
+    """(name per model identity, metadata entry per model identity); errors name the models concerned."""
+    if checkpoint is not None:
+        if len(identities) > 1:
+            names = ", ".join(sorted(p + (f"@{v}" if v else "") for p, v in identities))
+            raise StoreError(
+                f"{src}: holds runs of {len(identities)} models ({names}); "
+                "checkpoint= would give them one name; ingest each model's folder separately"
+            )
+        names = {identities[0]: checkpoint}
+    else:
+        manifest = store.read_manifest()
+        taken = dict(zip(manifest["checkpoint"].astype(str), manifest["path"].astype(str)))
+        names = checkpoint_names(identities, taken)
+    if meta is None:
+        return names, {}
+    entries, missing = {}, []
+    for identity in identities:
+        entry = match_meta(identity, names[identity], meta)
+        if entry is None:
+            missing.append(f"{identity[0]}{'@' + identity[1] if identity[1] else ''} (checkpoint {names[identity]!r})")
+        else:
+            entries[identity] = entry
+            names[identity] = entry.checkpoint
+    if missing:
+        raise StoreError(f"{meta_path}: no entry for {'; '.join(missing)}; add a row per model "
+                         "(checkpoint name, or its path)")
+    used: dict[str, tuple] = {}
+    for identity, name in names.items():
+        if name in used:
+            raise StoreError(f"{meta_path}: entry {name!r} matches two models, {used[name][0]} and {identity[0]}")
+        used[name] = identity
+    return names, entries
+
+
 def ingest_lm_eval(
     src: str | Path,
     store: ResultsStore,
@@ -397,19 +500,28 @@ def ingest_lm_eval(
     tokenizer: str | None = None,
     family: str | None = None,
     checkpoint: str | None = None,
+    meta: str | Path | None = None,
+    repair: bool = False,
     progress: bool = True,
 ) -> IngestReport:
     """Write one (checkpoint, task) pair per multiple-choice task found under ``src``.
 
-    Pairs already in the store are skipped, so re-running is idempotent; tasks that cannot
-    give correct per-choice rows are skipped and reported; corrupt files raise StoreError.
+    Nothing is dropped silently: each model gets its own checkpoint name (:func:`checkpoint_names`);
+    a pair already in the store is skipped only when it holds the same numbers (re-running is
+    idempotent) and is an error naming both sources when it does not; tasks that cannot give correct
+    per-choice rows are skipped and reported; corrupt files raise StoreError (``repair`` rewrites an
+    unreadable stored pair). ``meta`` (a ladder spec or a CSV, see
+    :func:`capscale.ladderspec.load_checkpoint_meta`) gives every model its family, model, params,
+    tokens and step, so the store forecasts directly.
     """
     src = Path(src)
     if not src.exists():
         raise StoreError(f"{src}: no such file or directory")
+    meta_specs = load_checkpoint_meta(meta) if meta is not None else None
     runs = find_runs(src)
     if not runs:
         raise StoreError(f"{src}: no samples_*.jsonl found; run lm-eval with --log_samples --output_path")
+    store.create()
     report = IngestReport()
 
     def warn(message: str) -> None:
@@ -420,22 +532,35 @@ def ingest_lm_eval(
     for run in runs:
         if run.results not in results_cache:
             results_cache[run.results] = read_json(run.results)
-    models = {model_identity(r) for r in results_cache.values()}
-    if checkpoint is not None and len(models) > 1:
-        names = ", ".join(sorted(p + (f"@{v}" if v else "") for p, v in models))
-        raise StoreError(
-            f"{src}: holds runs of {len(models)} models ({names}); "
-            "checkpoint= would give them one name; ingest each model's folder separately"
-        )
+            if checkpoint is None and not model_identity(results_cache[run.results])[0]:
+                raise StoreError(f"{run.results}: no pretrained path in model_args; pass checkpoint= to name the model")
+    identities = sorted({model_identity(r) for r in results_cache.values()}, key=lambda i: (i[0], i[1] or ""))
+    names, entries = resolve_names(src, identities, store, checkpoint, meta_specs, meta)
+    if meta_specs is not None:
+        unused = sorted({s.checkpoint for s in meta_specs} - set(names.values()))
+        if unused:
+            warn(f"{meta}: {len(unused)} entr{'y' if len(unused) == 1 else 'ies'} match no ingested model: "
+                 f"{', '.join(unused[:10])}{' ...' if len(unused) > 10 else ''}")
 
     counter = TokenCounter(tokenizer) if tokenizer else None
-    family = family or DEFAULT_FAMILY
-    manifest_done: set[str] = set()
+    registered: set[str] = set()
+    written_from: dict[tuple[str, str], Path] = {}
+
+    def register(name: str, identity: tuple, results: dict) -> None:
+        """Manifest row first, before any pair of the model is written or skipped (a missing row is repaired)."""
+        if name in registered:
+            return
+        record, note = manifest_record(name, identity[0], identity[1], results, entries.get(identity))
+        if note:
+            warn(f"{name}: {note}")
+        store.upsert_checkpoint({**record, **({"family": family} if family else {})},
+                                defaults={"family": DEFAULT_FAMILY, "model": name})
+        registered.add(name)
 
     for run in tqdm(runs, desc="lm-eval samples", unit="file", disable=not progress):
         results = results_cache[run.results]
-        pretrained, revision = model_identity(results)
-        name = checkpoint or default_checkpoint_name(pretrained, revision, run.results)
+        identity = model_identity(results)
+        name = names[identity]
         config = results.get("configs", {}).get(run.task)
         if config is None:
             reason = f"{run.results} has no config for task {run.task!r}"
@@ -443,27 +568,37 @@ def ingest_lm_eval(
             reason = f"output_type is {config.get('output_type')!r}, not multiple_choice"
         else:
             reason = None
-        if reason is None and store.has_pair(name, run.task):
-            report.pairs_skipped_existing += 1
-            continue
         if reason is None:
             try:
-                rows, info = task_rows(run, read_samples(run.samples), config, results, name, counter)
+                samples = read_samples(run.samples)
+                rows, info = task_rows(run, samples, config, results, name, None)
             except _SkipTask as e:
                 reason = str(e)
         if reason is not None:
             report.tasks_skipped_not_mc.append((str(run.samples), reason))
             warn(f"skipped {run.samples}: {reason}")
             continue
-        if name not in manifest_done:
-            record, note = manifest_record(name, family, pretrained, revision, results)
-            if note:
-                warn(f"{name}: {note}")
-            store.upsert_checkpoint(record)
-            manifest_done.add(name)
-        if counter is None and report.pairs_written == 0:
+        register(name, identity, results)
+        if store.has_pair(name, run.task):
+            broken = store.broken_file(store.pair_files(name, run.task), full=repair)
+            if broken is not None and not repair:
+                raise StoreError(corrupt_message(*broken))
+            if broken is None:
+                if not same_rows(pd.read_parquet(store.pair_path(name, run.task)), rows):
+                    before = written_from.get((name, run.task)) or (store.run_info(name, run.task) or {}).get(
+                        "samples_file", store.pair_path(name, run.task))
+                    raise StoreError(
+                        f"{run.samples}: checkpoint {name!r} task {run.task!r} is already in the store from "
+                        f"{before} with other numbers: two different models (or runs) under one name; name them "
+                        "apart (--meta, --checkpoint) or ingest into another --out")
+                report.pairs_skipped_existing += 1
+                continue
+        if counter is not None:
+            rows, info = task_rows(run, samples, config, results, name, counter)
+        elif report.pairs_written == 0:
             warn("no tokenizer given: token counts are unknown (n_tokens = -1); pass a tokenizer for per-token metrics")
         store.write_pair(name, run.task, rows, info)
+        written_from[(name, run.task)] = run.samples
         report.pairs_written += 1
         report.n_rows += len(rows)
     return report

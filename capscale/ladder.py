@@ -7,12 +7,15 @@ holdout queries. ``params`` means non-embedding parameters unless a file says ot
 
 Loading is strict because a forecast built on a silently mangled table is silently wrong:
 a non-numeric cell names its file line, a NaN/inf value is an error unless the caller asks
-for it to be dropped (and is then counted in a warning), and a missing ``flops`` is filled
-as 6·params·tokens only where both are known.
+for it to be dropped (and is then counted in a warning), a missing ``flops`` is filled
+as 6·params·tokens only where both are known, a scale that is not positive (params ≤ 0; tokens
+or flops ≤ 0 except at step 0, a run's initial checkpoint) and a probability outside [0, 1]
+(accuracies given in percent) are errors naming their lines.
 """
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -20,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from capscale.errors import CapscaleError
+from capscale.schema import metric_kind
 from capscale.metrics import LADDER_COLUMNS
 
 REQUIRED_COLUMNS = ["family", "model", "params", "tokens", "task", "metric", "value"]
@@ -36,6 +40,33 @@ SHOW = 5  # how many offending rows an error message quotes
 
 class LadderError(CapscaleError):
     """A ladder table is unusable as given; the message names the file, line(s) or query to fix."""
+
+
+# --- what values a column may hold -------------------------------------------------------
+
+def metric_range(metric: str) -> tuple[float, float] | None:
+    """The values a bounded metric can take, None for unbounded ones (losses, nll, bpb, perplexity).
+
+    Probabilities (accuracies, error rates, pass rates, ``pass_at_<k>``) lie in [0, 1]; the
+    multi-class Brier score (capscale/metrics.py: sum over choices of (p_j - 1[j is gold])^2) in
+    [0, 2]. Which metric is which is capscale.schema's table of metric kinds."""
+    kind = metric_kind(metric)
+    if kind.probability:
+        return 0.0, 1.0
+    if np.isfinite(kind.upper):
+        return 0.0, kind.upper
+    return None
+
+
+def bad_scale(values: np.ndarray, step: np.ndarray, column: str) -> np.ndarray:
+    """Where a scale column cannot be right: params must be > 0; tokens and flops must be > 0 except at
+    step 0 (a run's initial checkpoint has seen no tokens). NaN means unknown and is allowed."""
+    values = np.asarray(values, dtype=float)
+    with np.errstate(invalid="ignore"):
+        if column == "params":
+            return values <= 0
+        initial = np.asarray(step, dtype=float) == 0
+        return (values < 0) | ((values == 0) & ~initial)
 
 
 # --- locating rows in messages ---------------------------------------------------------
@@ -150,6 +181,35 @@ def fill_flops(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def check_scale(df: pd.DataFrame, source: str) -> None:
+    """Zero or negative params, tokens or flops (see :func:`bad_scale`) name their rows."""
+    for column in ("params", "tokens", "flops"):
+        bad = bad_scale(df[column].to_numpy(dtype=float), df["step"].to_numpy(dtype=float), column)
+        if bad.any():
+            rule = "must be > 0" if column == "params" else "must be > 0 (0 only at step 0)"
+            first = df[column].to_numpy()[np.flatnonzero(bad)[0]]
+            raise LadderError(f"{source}: {column} {rule}, got {first:g} at {describe_rows(df, bad)}")
+
+
+def check_metric_ranges(df: pd.DataFrame, source: str) -> None:
+    """A probability metric outside its range is an error; above 1 it almost always means percent.
+    NaN and inf are left to :func:`handle_nonfinite`."""
+    for metric in df["metric"].unique():
+        bounds = metric_range(metric)
+        if bounds is None:
+            continue
+        rows = (df["metric"] == metric).to_numpy()
+        values = df["value"].to_numpy(dtype=float)
+        with np.errstate(invalid="ignore"):
+            bad = rows & np.isfinite(values) & ((values < bounds[0]) | (values > bounds[1]))
+        if not bad.any():
+            continue
+        first = values[np.flatnonzero(bad)[0]]
+        hint = (f"; percentages? divide by 100 (a probability metric lies in [{bounds[0]:g}, {bounds[1]:g}])"
+                if first > bounds[1] else f"; {metric} lies in [{bounds[0]:g}, {bounds[1]:g}]")
+        raise LadderError(f"{source}: metric {metric!r} has value {first:g} at {describe_rows(df, bad)}{hint}")
+
+
 def handle_nonfinite(df: pd.DataFrame, source: str, drop: bool) -> pd.DataFrame:
     """NaN/inf values are an error (a forecast must not absorb them) unless drop=True."""
     bad = ~np.isfinite(df["value"].to_numpy(dtype=float))
@@ -181,6 +241,8 @@ def validate(raw: pd.DataFrame, source: str, drop_nonfinite: bool = False) -> pd
         if column in df.columns:
             df[column] = coerce_numeric(df, column, source)
     df = fill_flops(df)
+    check_scale(df, source)
+    check_metric_ranges(df, source)
     df = handle_nonfinite(df, source, drop_nonfinite)
     df = order_columns(df).reset_index(drop=True)
     df.attrs = {**df.attrs, "source": source}
@@ -235,15 +297,19 @@ def select(df: pd.DataFrame, task=None, metric=None) -> pd.DataFrame:
 
 
 def holdout_split(df: pd.DataFrame, query: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train, held): rows matching a pandas ``DataFrame.query`` expression are held out."""
+    """(train, held): rows matching ``query`` are held out. The query language (comparisons, and/or/not,
+    in [...], arithmetic on columns and literals; see :mod:`capscale.query`) runs no code."""
+    from capscale.query import QueryError, query_mask
+
     table = df.reset_index(drop=True)
     try:
-        held = table.query(query)
-    except Exception as exc:  # pandas raises many types (SyntaxError, UndefinedVariableError, TypeError...)
-        raise LadderError(f"invalid holdout query {query!r}: {type(exc).__name__}: {exc}") from exc
+        mask = query_mask(table, query)
+    except QueryError as exc:
+        raise LadderError(f"invalid holdout query {query!r}: {exc}") from exc
+    held = table.loc[mask]
     if held.empty:
         raise LadderError(f"holdout query {query!r} matches no rows of {source_of(df)}")
-    train = table.drop(index=held.index)
+    train = table.loc[~mask]
     if train.empty:
         raise LadderError(f"holdout query {query!r} matches every row of {source_of(df)}; nothing is left to fit")
     train, held = train.reset_index(drop=True), held.reset_index(drop=True)

@@ -7,6 +7,7 @@ output projection) and the context window.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,13 +29,26 @@ class LoadedCheckpoint:
     params_total: int
 
 
+DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?|mps|auto")
+
+
 def resolve_device(device: str | None) -> str:
+    """The torch device to use: cpu, cuda, cuda:N, mps, or auto (cuda when there is one); anything
+    else, or a device this machine lacks, is an error naming the option."""
     import torch
 
     if device in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CheckpointError(f"--device {device} requested but CUDA is not available on this machine")
+    if not isinstance(device, str) or not DEVICE_PATTERN.fullmatch(device):
+        raise CheckpointError(f"--device must be cpu, cuda, cuda:N, mps or auto; got {device!r}")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise CheckpointError(f"--device {device} requested but CUDA is not available on this machine")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise CheckpointError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise CheckpointError("--device mps requested but MPS is not available on this machine")
     return device
 
 

@@ -30,7 +30,7 @@ from capscale.scoring.allocation import plan_round
 from capscale.scoring.checkers import Checker, truncate_at_stop
 from capscale.scoring.estimators import pass_until_estimate
 from capscale.scoring.sampler import Prompt, SampleRun, generate, item_key
-from capscale.store import ResultsStore, atomic_write_bytes
+from capscale.store import ResultsStore, atomic_write_bytes, corrupt_message
 from capscale.tasks.generative import GenTask
 
 STATE_VERSION = 1
@@ -96,14 +96,19 @@ class PairState:
         return cls(fingerprint, [0] * n, [0] * n, [{} for _ in range(n)], [None] * n, [None] * n, [None] * n)
 
 
-def load_state(path, fingerprint: str, n_items: int) -> PairState | None:
+def load_state(path, fingerprint: str, n_items: int, discard_unreadable: bool = False) -> PairState | None:
+    """The saved state of a pair in flight, None when there is none (or, with ``discard_unreadable``,
+    when it cannot be read: the pair then starts again)."""
     if not path.exists():
         return None
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
         state = PairState(**data)
-    except (json.JSONDecodeError, TypeError) as e:
-        raise StoreError(f"{path}: unreadable sampling progress ({e}); delete it to start the pair again") from e
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError) as e:
+        if discard_unreadable:
+            return None
+        raise StoreError(f"{path}: unreadable sampling progress ({e}); rerun with --repair (or delete it) to "
+                         "start the pair again") from e
     if state.fingerprint != fingerprint or len(state.n_drawn) != n_items or state.version != STATE_VERSION:
         raise StoreError(
             f"{path}: a sampling run with other settings or items is in progress for this pair; "
@@ -305,22 +310,36 @@ class SamplePairResult:
     message: str = ""
 
 
+def finished_pair_is_usable(store: ResultsStore, checkpoint: str, task: GenTask, fingerprint: str,
+                            repair: bool) -> bool:
+    """A stored pair that can be skipped: readable and made with these settings. An unreadable one is an
+    error unless ``repair`` (then it is redone); other settings are an error (``--overwrite`` replaces)."""
+    broken = store.broken_file(store.sample_files(checkpoint, task.name), full=repair)
+    if broken is not None:
+        if repair:
+            return False
+        raise StoreError(corrupt_message(*broken))
+    info = store.sample_run_info(checkpoint, task.name) or {}
+    if info.get("fingerprint") != fingerprint:
+        raise StoreError(
+            f"{store.samples_path(checkpoint, task.name)}: stored samples were drawn with other settings or "
+            "items; pass --overwrite to replace them"
+        )
+    return True
+
+
 def sample_pair(loaded, checkpoint: str, task: GenTask, store: ResultsStore, config: SamplingConfig, *,
-                overwrite: bool = False, progress: bool = True) -> SamplePairResult:
-    """Sample one (checkpoint, task) pair into the store; skip it when already done with the same settings."""
+                overwrite: bool = False, repair: bool = False, progress: bool = True) -> SamplePairResult:
+    """Sample one (checkpoint, task) pair into the store; skip it when already done with the same settings.
+    With ``repair`` an unreadable stored pair, or unreadable progress, is sampled again from the start."""
     fingerprint = sampling_fingerprint(task, config, loaded.dtype)
-    if store.has_samples(checkpoint, task.name) and not overwrite:
-        info = store.sample_run_info(checkpoint, task.name) or {}
-        if info.get("fingerprint") != fingerprint:
-            raise StoreError(
-                f"{store.samples_path(checkpoint, task.name)}: stored samples were drawn with other settings or "
-                "items; pass --overwrite to replace them"
-            )
+    if (store.has_samples(checkpoint, task.name) and not overwrite
+            and finished_pair_is_usable(store, checkpoint, task, fingerprint, repair)):
         return SamplePairResult(checkpoint, task.name, "skipped", len(task.items))
     progress_path = store.progress_path(checkpoint, task.name)
     if overwrite:
         progress_path.unlink(missing_ok=True)
-    state = load_state(progress_path, fingerprint, len(task.items))
+    state = load_state(progress_path, fingerprint, len(task.items), discard_unreadable=repair)
     status = "resumed" if state is not None else "done"
     state = state or PairState.fresh(fingerprint, len(task.items))
 
@@ -348,11 +367,13 @@ def sample_pair(loaded, checkpoint: str, task: GenTask, store: ResultsStore, con
 
 def sample_checkpoints(specs, tasks: list[GenTask], store: ResultsStore, config: SamplingConfig, *,
                        device: str = "cpu", dtype: str = "float32", overwrite: bool = False,
-                       progress: bool = True, keep_going: bool = True) -> list[SamplePairResult]:
+                       repair: bool = False, progress: bool = True,
+                       keep_going: bool = True) -> list[SamplePairResult]:
     """Sample every (checkpoint, task) pair; a finished pair is skipped, one in flight resumes."""
     from capscale.evaluate import load_and_register
 
     config.validate()
+    store.create()
     store.remove_stale_temporaries()
     results: list[SamplePairResult] = []
     outer = tqdm(total=len(specs) * len(tasks), desc="pairs", unit="pair", disable=not progress)
@@ -369,7 +390,7 @@ def sample_checkpoints(specs, tasks: list[GenTask], store: ResultsStore, config:
             outer.set_postfix_str(f"{spec.checkpoint} / {task.name}")
             try:
                 results.append(sample_pair(loaded, spec.checkpoint, task, store, config, overwrite=overwrite,
-                                           progress=progress))
+                                           repair=repair, progress=progress))
             except CapscaleError as e:
                 if not keep_going or isinstance(e, StoreError):
                     raise

@@ -260,3 +260,118 @@ def test_one_name_for_several_models_is_refused(lmeval_run, tmp_path):
     results_path.write_text(json.dumps(results))
     with pytest.raises(StoreError, match="2 models"):
         ingest_lm_eval(tmp_path, ResultsStore(tmp_path / "store"), checkpoint="one", progress=False)
+
+
+# --- names that never collide, metadata that makes a ladder -----------------------------------
+
+def clone_run(lmeval_run, dest: Path, pretrained: str, n_right: int | None = None) -> Path:
+    """A copy of the lm-eval output for the multiple-choice task only, as if run on ``pretrained``; with
+    ``n_right`` the gold choice wins exactly on the first n_right items (a model of another size)."""
+    run_dir = dest / "run"
+    run_dir.mkdir(parents=True)
+    (results_path,) = lmeval_run["run_dir"].glob("results_*.json")
+    results = json.loads(results_path.read_text())
+    results["config"]["model_args"]["pretrained"] = pretrained
+    results["config"].pop("model_num_parameters", None)
+    (run_dir / results_path.name).write_text(json.dumps(results))
+    (samples_path,) = lmeval_run["run_dir"].glob("samples_tiny_mc_*.jsonl")
+    samples = read_samples(lmeval_run["run_dir"], "tiny_mc")
+    if n_right is not None:
+        for k, s in enumerate(sorted(samples, key=lambda s: s["doc"]["id"])):
+            gold = s["doc"]["gold"]
+            for j, resp in enumerate(s["resps"]):
+                resp[0][0] = str(-1.0 if (j == gold) == (k < n_right) else -2.0 - j)
+            s.pop("acc", None), s.pop("acc_norm", None)
+    (run_dir / samples_path.name).write_text("".join(json.dumps(s) + "\n" for s in samples), encoding="utf-8")
+    return run_dir
+
+
+@pytest.mark.filterwarnings("ignore:.*is not a local directory:UserWarning")
+def test_repeated_folder_names_get_names_from_the_path(lmeval_run, tmp_path):
+    clone_run(lmeval_run, tmp_path / "src" / "a", "/ckpt/runA/step20")
+    clone_run(lmeval_run, tmp_path / "src" / "b", "/ckpt/runB/step20")
+    store = ResultsStore(tmp_path / "store")
+    report = ingest_lm_eval(tmp_path / "src", store, progress=False)
+    assert report.pairs_written == 2 and report.pairs_skipped_existing == 0
+    manifest = store.read_manifest().set_index("checkpoint")
+    assert manifest["path"].to_dict() == {"runA-step20": "/ckpt/runA/step20", "runB-step20": "/ckpt/runB/step20"}
+    assert set(store.read_choices()["checkpoint"]) == {"runA-step20", "runB-step20"}
+    again = ingest_lm_eval(tmp_path / "src" / "a", store, progress=False)  # one of them alone: the same name
+    assert again.pairs_written == 0 and again.pairs_skipped_existing == 1
+    clone_run(lmeval_run, tmp_path / "later", "/other/runA/step20")  # a third model, on its own later
+    assert ingest_lm_eval(tmp_path / "later", store, progress=False).pairs_written == 1
+    assert sorted(store.read_manifest()["checkpoint"]) == ["runA-step20", "runB-step20", "step20"]
+
+
+@pytest.mark.filterwarnings("ignore:.*is not a local directory:UserWarning")
+def test_one_name_with_other_numbers_is_an_error_naming_both(lmeval_run, tmp_path):
+    """The same relative model path in two runs (two working folders), different results: never 'already present'."""
+    clone_run(lmeval_run, tmp_path / "src" / "a", "step20", n_right=1)
+    second = clone_run(lmeval_run, tmp_path / "src" / "b", "step20", n_right=2)
+    with pytest.raises(StoreError) as err:
+        ingest_lm_eval(tmp_path / "src", ResultsStore(tmp_path / "store"), progress=False)
+    assert str(second) in str(err.value) and "src/a/run/samples_tiny_mc" in str(err.value)
+    assert "other numbers" in str(err.value)
+
+
+def test_rerun_registers_a_missing_manifest_row(ingested, lmeval_run, tmp_path):
+    store = ResultsStore(tmp_path / "store")
+    ingest_lm_eval(lmeval_run["out"], store, progress=False)
+    store.manifest_path.write_text("checkpoint,family,params,tokens,flops,step,path,model,params_total\n")
+    again = ingest_lm_eval(lmeval_run["out"], store, progress=False)
+    assert again.pairs_written == 0 and store.read_manifest()["checkpoint"].tolist() == ["tinyllama"]
+
+
+@pytest.mark.parametrize("kind", ["csv", "yaml"])
+def test_meta_gives_the_scale_and_the_store_forecasts(lmeval_run, tmp_path, kind, capsys):
+    from capscale.cli import main
+
+    sizes = {k: 1e6 * 2 ** k for k in range(1, 7)}
+    for k in sizes:
+        clone_run(lmeval_run, tmp_path / "src" / f"m{k}", f"/ladder/m{k}", n_right=k)
+    if kind == "csv":
+        meta = tmp_path / "meta.csv"
+        meta.write_text("checkpoint,family,model,params,tokens,step\n" + "".join(
+            f"m{k},toy,m{k},{n:g},{20 * n:g},1000\n" for k, n in sizes.items()))
+    else:
+        meta = tmp_path / "meta.yaml"
+        meta.write_text("family: toy\ncheckpoints:\n" + "".join(
+            f"  - {{checkpoint: size{k}, model: run{k}, path: /ladder/m{k}, params: {n:g}, tokens: {20 * n:g}, "
+            f"step: 1000}}\n" for k, n in sizes.items()))
+    out = tmp_path / "store"
+    assert main(["ingest-lm-eval", str(tmp_path / "src"), "--out", str(out), "--meta", str(meta), "--no-progress"]) == 0
+    manifest = ResultsStore(out).read_manifest()
+    assert set(manifest["family"]) == {"toy"} and len(manifest) == 6
+    assert (manifest["flops"] == 6 * manifest["params"] * manifest["tokens"]).all()
+    largest = manifest.loc[manifest["params"].idxmax()]
+    assert largest["model"] == ("m6" if kind == "csv" else "run6")
+    capsys.readouterr()
+    code = main(["backtest", str(out), "--holdout", f"model == '{largest['model']}'", "--method", "direct",
+                 "--metric", "acc", "--n-boot", "20", "--jobs", "1"])
+    assert code == 0, capsys.readouterr().err
+    assert "mean absolute error" in capsys.readouterr().out
+
+
+def test_meta_without_an_entry_for_a_model_is_an_error(lmeval_run, tmp_path):
+    clone_run(lmeval_run, tmp_path / "src" / "a", "/ladder/m1")
+    clone_run(lmeval_run, tmp_path / "src" / "b", "/ladder/m2")
+    meta = tmp_path / "meta.csv"
+    meta.write_text("checkpoint,params,tokens\nm1,1e6,2e7\n")
+    store = ResultsStore(tmp_path / "store")
+    with pytest.raises(StoreError, match=r"no entry for /ladder/m2 \(checkpoint 'm2'\)"):
+        ingest_lm_eval(tmp_path / "src", store, meta=meta, progress=False)
+    assert not store.choices_dir.exists()
+
+
+def test_corrupt_ingested_pair_is_named_and_repaired(lmeval_run, tmp_path):
+    store = ResultsStore(tmp_path / "store")
+    ingest_lm_eval(lmeval_run["out"], store, progress=False)
+    before = store.read_choices().sort_values(["task", "item", "choice"]).reset_index(drop=True)
+    bad = store.pair_path("tinyllama", "tiny_mc")
+    bad.write_bytes(b"PAR1 garbage")
+    with pytest.raises(StoreError, match=f"{bad}: corrupt or unreadable.*--repair"):
+        ingest_lm_eval(lmeval_run["out"], store, progress=False)
+    report = ingest_lm_eval(lmeval_run["out"], store, repair=True, progress=False)
+    assert report.pairs_written == 1 and report.pairs_skipped_existing == 1
+    after = store.read_choices().sort_values(["task", "item", "choice"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(after, before)

@@ -255,3 +255,42 @@ def test_shipped_inverse_scaling_choices_reproduce_the_aggregate_accuracy():
     theirs = aggregate[aggregate["metric"] == "acc"].set_index(["checkpoint", "task"])["value"]
     assert len(ours) == 7
     np.testing.assert_allclose(ours.to_numpy(), theirs.loc[ours.index].to_numpy(), atol=1e-6)
+
+
+# --- impossible values ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("row, message", [
+    ("f,m2,0,2e7,,10,t,acc,0.5", "params must be > 0, got 0 at line 3"),
+    ("f,m2,-1e6,2e7,,10,t,acc,0.5", "params must be > 0, got -1e+06 at line 3"),
+    ("f,m2,1e6,0,,10,t,acc,0.5", "tokens must be > 0 (0 only at step 0), got 0 at line 3"),
+    ("f,m2,1e6,-5,,0,t,acc,0.5", "tokens must be > 0 (0 only at step 0), got -5 at line 3"),
+    ("f,m2,1e6,2e7,0,10,t,acc,0.5", "flops must be > 0 (0 only at step 0), got 0 at line 3"),
+    ("f,m2,1e6,0,,,t,acc,0.5", "tokens must be > 0"),  # no step: a final checkpoint, not an initial one
+    ("f,m2,1e6,2e7,,10,t,acc,45.2", "metric 'acc' has value 45.2 at line 3; percentages? divide by 100"),
+    ("f,m2,1e6,2e7,,10,t,pass_at_8,1.5", "metric 'pass_at_8' has value 1.5"),
+    ("f,m2,1e6,2e7,,10,t,err,-0.1", "metric 'err' has value -0.1"),
+    ("f,m2,1e6,2e7,,10,t,brier,2.5", "metric 'brier' has value 2.5"),
+])
+def test_impossible_scales_and_percentages_are_errors_naming_the_line(tmp_path, row, message):
+    path = write_csv(tmp_path / "ladder.csv", [HEADER, "f,m1,1e6,2e7,,10,t,acc,0.4", row])
+    with pytest.raises(LadderError) as err:
+        load_ladder(path)
+    assert str(path) in str(err.value) and message in str(err.value)
+
+
+def test_initial_checkpoints_and_bounded_metrics_inside_their_range_load(tmp_path):
+    path = write_csv(tmp_path / "ladder.csv", [
+        HEADER,
+        "f,m1,1e6,0,0,0,t,acc,0.25",         # step 0: nothing trained yet
+        "f,m1,1e6,2e7,,10,t,brier,1.4",      # multi-class Brier goes up to 2
+        "f,m1,1e6,2e7,,10,t,nll_correct,35",  # losses are unbounded
+        "f,m1,1e6,2e7,,10,t,acc,1.0",
+    ])
+    assert len(load_ladder(path)) == 4
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in SHIPPED.glob("*.csv")
+                                        if not p.name.endswith("_checkpoints.csv"))
+                         + ["results/toy", "results/toy/ladder.csv"])
+def test_every_shipped_ladder_still_loads(path):
+    assert len(load_ladder(Path(__file__).resolve().parents[1] / path)) > 0

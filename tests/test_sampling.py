@@ -164,3 +164,14 @@ def test_cli_sample_bad_input_exits_2(checkpoints, tmp_path, capsys):
     assert main(["sample", "--model", str(checkpoints["llama"]), "--task", "arith_gen", "--out",
                  str(tmp_path / "o"), "--until", "0", "--no-progress"]) == 2
     assert "--until must be >= 1" in capsys.readouterr().err
+
+
+def test_sampling_uses_no_deprecated_cache_api(llama, gen_task):
+    """transformers 5.x warns that forward(past_key_values=...) goes in 5.40; the sampler passes the cache
+    under the name the model's forward takes (cache, or past_key_values on 4.x), so nothing warns."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        state = run_state(llama, gen_task, max_samples=8)
+    assert sum(state.n_drawn) > 0

@@ -124,14 +124,16 @@ def save_predictor(predictor, path: str | Path, meta: dict | None = None) -> Pat
 def load_predictor(path: str | Path):
     path = Path(path)
     try:
-        state = json.loads(path.read_text())
+        state = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CapscaleError(f"{path}: not a capscale fit file ({e})") from e
     if isinstance(state, list):
-        raise CapscaleError(f"{path}: not a capscale fit file; this looks like backtest records "
-                            "(write a fit with capscale fit ... --out FIT.json)")
+        raise CapscaleError(f"{path}: not a capscale fit file; this looks like backtest records (a list); "
+                            "write a fit with `capscale fit ... --out FIT.json`")
     if not isinstance(state, dict) or state.get("class") not in predictor_classes():
-        raise CapscaleError(f"{path}: not a capscale fit file (no known predictor class)")
+        found = state.get("class") if isinstance(state, dict) else type(state).__name__
+        raise CapscaleError(f"{path}: not a capscale fit file (no known predictor class, found {found!r}); "
+                            "write one with `capscale fit ... --out FIT.json`")
     try:
         predictor = restore(state)
     except (KeyError, TypeError, ValueError) as e:

@@ -126,6 +126,14 @@ class StopWatcher:
         return any(s in text for s in row_stops)
 
 
+def cache_keyword(model) -> str:
+    """The forward() keyword that takes the KV cache, which the output also carries under that name:
+    ``cache`` where the model accepts it (transformers 5.x, which deprecates ``past_key_values`` and
+    drops it in 5.40), else ``past_key_values`` (transformers 4.x). Decided by the signature, not a
+    version string, so remote-code models of either style work too."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[Prompt], runs: list[SampleRun], *, seed: int, temperature: float,
              top_p: float, device, prune_below: float = 0.5) -> list[list[list[int]]]:
@@ -140,8 +148,9 @@ def generate(model, tokenizer, prompts: list[Prompt], runs: list[SampleRun], *, 
     ids, mask = left_pad([prompts[i].ids for i in distinct], pad_id, device)
     position = (mask.cumsum(dim=1) - 1).clamp(min=0)
     extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    cache_kw = cache_keyword(model)
     out = model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True, **extra)
-    cache = out.past_key_values
+    cache = getattr(out, cache_kw)
 
     row_prompt = [where[r.item] for r in runs for _ in range(r.count)]
     row_item = [r.item for r in runs for _ in range(r.count)]
@@ -188,8 +197,8 @@ def generate(model, tokenizer, prompts: list[Prompt], runs: list[SampleRun], *, 
             active = [True] * len(index)
         attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
         out = model(input_ids=torch.tensor(feed, device=device)[:, None], attention_mask=attn,
-                    position_ids=next_pos[:, None], past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+                    position_ids=next_pos[:, None], use_cache=True, **{cache_kw: cache})
+        cache = getattr(out, cache_kw)
         logits = out.logits[:, -1, :].float()
         next_pos = next_pos + 1
         step += 1

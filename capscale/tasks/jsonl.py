@@ -27,7 +27,9 @@ def read_sidecar(path: Path) -> dict:
     if not side.exists():
         return {}
     try:
-        data = yaml.safe_load(side.read_text()) or {}
+        data = yaml.safe_load(side.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise TaskFormatError(f"{side}: not UTF-8 text (byte {e.start}); save it as UTF-8") from e
     except yaml.YAMLError as e:
         raise TaskFormatError(f"{side}: not valid YAML: {e}") from e
     if not isinstance(data, dict):
@@ -63,13 +65,21 @@ def parse_mc_line(obj: object, where: str, delimiter: str) -> MCItem:
 
 
 def read_jsonl_items(path: Path, parse) -> list:
-    """``parse(obj, where)`` on every non-empty line; malformed JSON and duplicate ids name file:line."""
+    """``parse(obj, where)`` on every non-empty line; non-UTF-8 text, malformed JSON and duplicate ids
+    name file:line."""
+    if not path.is_file():
+        raise TaskFormatError(f"{path}: not a file (a task is one JSONL file)")
     items, seen = [], {}
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise TaskFormatError(f"{where}: not UTF-8 text (byte {e.start} of the line); save the file as "
+                                      "UTF-8") from e
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:

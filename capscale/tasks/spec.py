@@ -40,6 +40,12 @@ def task_file(spec: str) -> Path:
     return path
 
 
+def check_limit(limit: int | None) -> None:
+    """--limit N keeps the first N items; 0 would write an empty pair, a negative one drop items from the end."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise TaskFormatError(f"--limit must be a whole number >= 1, got {limit!r}")
+
+
 def load_task(
     spec: str,
     *,
@@ -48,6 +54,7 @@ def load_task(
     delimiter: str | None = None,
     limit: int | None = None,
 ) -> MCTask:
+    check_limit(limit)
     if spec.startswith(LMEVAL_PREFIX):
         from capscale.tasks.lmeval import load_lmeval_task  # lm-eval import is slow: only when asked
 
@@ -73,6 +80,7 @@ def load_gen_task(
     limit: int | None = None,
 ) -> GenTask:
     """A generative task from a JSONL path, a shipped name (``arith_gen``) or ``lm-eval:NAME``."""
+    check_limit(limit)
     if spec.startswith(LMEVAL_PREFIX):
         from capscale.tasks.lmeval_gen import load_lmeval_gen_task  # lm-eval import is slow: only when asked
 

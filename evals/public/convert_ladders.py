@@ -101,7 +101,7 @@ def write_table(df: pd.DataFrame, out_dir: Path, stem: str) -> Path:
     else:
         target, stale = plain, packed
     atomic_write_bytes(target, data)
-    target.chmod(0o644)  # atomic_write_bytes creates 0600 temporaries; these files are shipped
+    target.chmod(0o644)  # shipped files: world-readable whatever the umask of the machine that converts them
     stale.unlink(missing_ok=True)
     print(f"wrote {target.relative_to(REPO) if target.is_relative_to(REPO) else target}: "
           f"{len(df)} rows, {target.stat().st_size / 1e6:.2f} MB")
