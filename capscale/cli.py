@@ -168,7 +168,8 @@ def cmd_sample(args) -> int:
     tasks = [load_gen_task(t, include_path=args.include_path, num_fewshot=args.num_fewshot, limit=args.limit)
              for t in task_specs]
     config = SamplingConfig(until=args.until, max_samples=args.max_samples, temperature=args.temperature,
-                            top_p=args.top_p, seed=args.seed, batch=args.batch, exact=args.exact)
+                            top_p=args.top_p, seed=args.seed, batch=args.batch, exact=args.exact,
+                            unsafe_exec=args.unsafe_exec)
     if args.no_progress:
         from transformers.utils import logging as hf_logging
 
@@ -487,6 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repair", action="store_true",
                    help="redo only the pairs whose stored files (or saved progress) are unreadable")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--unsafe-exec", action="store_true",
+                   help="run python checks even without kernel isolation (bubblewrap missing or not working): "
+                        "generated code is then contained only by rlimits, Landlock and an audit hook")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("summary", help="per-choice rows -> ladder table (one row per checkpoint x task x metric)")

@@ -29,6 +29,7 @@ from capscale.errors import CapscaleError, StoreError
 from capscale.scoring.allocation import plan_round
 from capscale.scoring.checkers import Checker, truncate_at_stop
 from capscale.scoring.estimators import pass_until_estimate
+from capscale.scoring.sandbox import require_kernel_isolation
 from capscale.scoring.sampler import Prompt, SampleRun, generate, item_key
 from capscale.store import ResultsStore, atomic_write_bytes, corrupt_message
 from capscale.tasks.generative import GenTask
@@ -48,6 +49,7 @@ class SamplingConfig:
     batch: int = 256  # sequences decoded in parallel
     round_size: int | None = None  # samples planned per round (default 8 x batch)
     exact: bool = False  # also compute the exact pass probability of exact-match items
+    unsafe_exec: bool = False  # run python checks even where there is no kernel isolation (not a number setting)
 
     def validate(self) -> None:
         if self.until < 1:
@@ -168,7 +170,7 @@ class SamplingRun:
     def __post_init__(self):
         self.last_save = time.perf_counter()
         self.prompts, self.truncated = encode_prompts(self.loaded.tokenizer, self.task, self.loaded.max_length)
-        self.checkers = [Checker(it) for it in self.task.items]
+        self.checkers = [Checker(it, unsafe_exec=self.config.unsafe_exec) for it in self.task.items]
 
     def decode(self, item: int, token_ids: list[int]) -> str:
         text = self.loaded.tokenizer.decode(token_ids, skip_special_tokens=True)
@@ -373,6 +375,8 @@ def sample_checkpoints(specs, tasks: list[GenTask], store: ResultsStore, config:
     from capscale.evaluate import load_and_register
 
     config.validate()
+    if any(it.check == "python" for task in tasks for it in task.items):
+        require_kernel_isolation(config.unsafe_exec)  # before any model is loaded
     store.create()
     store.remove_stale_temporaries()
     results: list[SamplePairResult] = []

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import pytest
 
+from capscale.cli import main
 from capscale.errors import TaskFormatError
 from capscale.scoring import checkers
 from capscale.scoring.checkers import (
@@ -17,12 +19,15 @@ from capscale.scoring.checkers import (
     first_number,
     truncate_at_stop,
 )
-from capscale.scoring.sandbox import SandboxResult
+from capscale.scoring.sandbox import SandboxResult, SandboxUnavailable, kernel_isolation
 
 PROMPT = 'def add(a, b):\n    """Return the sum of a and b."""\n'
 TESTS = "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n\ncheck(add)\n"
 GOOD = "    return a + b\n"
 BAD = "    return a - b\n"
+ISOLATION = kernel_isolation()
+needs_isolation = pytest.mark.skipif(not ISOLATION.available, reason=f"no kernel isolation here: {ISOLATION.reason} "
+                                     "(apt-get install bubblewrap)")
 
 
 def item(check: str, answer: str = "", **kw):
@@ -83,6 +88,7 @@ def test_regex_is_a_full_match_of_the_stripped_completion():
     assert not check_regex("Parisian", r"Paris")
 
 
+@needs_isolation
 def test_python_check_on_a_humaneval_style_item():
     assert check_python(PROMPT, GOOD, TESTS)
     assert not check_python(PROMPT, BAD, TESTS)
@@ -93,10 +99,59 @@ def test_python_check_on_a_humaneval_style_item():
     assert not check_python(PROMPT, GOOD, TESTS, include_prompt=False)
 
 
+@needs_isolation
 def test_python_check_fails_a_program_that_escapes():
     assert not check_python(PROMPT, "    import os; os.system('true'); return a + b\n", TESTS)
 
 
+@needs_isolation
+@pytest.mark.parametrize("exit_early", [
+    "exit()", "quit()", "import sys; sys.exit(0)", "import os; os._exit(0)",
+    "\ndef main():\n    return 0\n\nif __name__ == '__main__':\n    import sys\n    sys.exit(main())",
+])
+def test_python_check_fails_a_program_that_exits_before_its_tests(exit_early):
+    assert not check_python(PROMPT, BAD + exit_early + "\n", TESTS)
+    assert not check_python(PROMPT, GOOD + exit_early + "\n", TESTS)  # the tests never ran: no pass either
+    assert check_python(PROMPT, GOOD, TESTS)
+
+
+@needs_isolation
+def test_parallel_checks_cannot_influence_each_other():
+    """Each completion runs in its own sandbox: what one leaves behind, another does not see."""
+    leave = GOOD + "import os\nopen('mark', 'w').write('x')\nos.environ['MARK'] = '1'\n"
+    look = GOOD + "import os\nassert not os.path.exists('mark') and 'MARK' not in os.environ\n"
+    completions = [leave + f"# {i}\n" if i % 2 == 0 else look + f"# {i}\n" for i in range(8)]
+    assert Checker(item("python", prompt=PROMPT, tests=TESTS), workers=4).check_many(completions) == [True] * 8
+
+
+@pytest.fixture
+def no_bwrap(monkeypatch, tmp_path):
+    """A machine without bubblewrap: PATH without bwrap, the cached probe forgotten before and after."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+    kernel_isolation.cache_clear()
+    yield
+    kernel_isolation.cache_clear()
+
+
+def test_python_items_refuse_to_be_checked_without_kernel_isolation(no_bwrap):
+    with pytest.raises(SandboxUnavailable, match="--unsafe-exec"):
+        Checker(item("python", prompt=PROMPT, tests=TESTS))
+    assert Checker(item("exact", "a")).check_one("a")  # other checks run no code
+    unsafe = Checker(item("python", prompt=PROMPT, tests=TESTS), unsafe_exec=True)
+    assert unsafe.check_many([GOOD, BAD, GOOD + "exit()\n"]) == [True, False, False]
+
+
+def test_cli_sample_refuses_python_tasks_without_kernel_isolation(no_bwrap, tmp_path, capsys):
+    task = tmp_path / "code.jsonl"
+    task.write_text(json.dumps({"id": "add", "prompt": PROMPT, "answer": "", "check": "python", "tests": TESTS}) + "\n")
+    out = tmp_path / "out"
+    assert main(["sample", "--model", str(tmp_path / "no-such-model"), "--task", str(task), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--unsafe-exec" in err and "bubblewrap" in err
+    assert not out.exists() or not any(out.rglob("*.parquet"))  # refused before any model was loaded
+
+
+@needs_isolation
 def test_checker_dispatch_and_input_order():
     assert Checker(item("exact", "1059")).check_many([" 1059", "1058", "1059\n"]) == [True, False, True]
     assert Checker(item("number", "-1234.5")).check_many(["-1,234.5 dollars", "x"]) == [True, False]
@@ -112,7 +167,7 @@ def test_checker_without_optional_attributes():
 
 
 def fake_sandbox(calls: list[str]):
-    def fake_run_python(code: str, **limits) -> SandboxResult:
+    def fake_run_python(code: str, unsafe_exec: bool = False, **limits) -> SandboxResult:
         calls.append(code)
         ok = "a + b" in code
         return SandboxResult(ok, "passed" if ok else "failed", 0 if ok else 1, "", "", 0.0)
@@ -122,7 +177,7 @@ def fake_sandbox(calls: list[str]):
 def test_identical_completions_are_checked_once(monkeypatch):
     calls: list[str] = []
     monkeypatch.setattr(checkers, "run_python", fake_sandbox(calls))
-    c = Checker(item("python", prompt=PROMPT, tests=TESTS))
+    c = Checker(item("python", prompt=PROMPT, tests=TESTS), unsafe_exec=True)
     assert c.check_many([GOOD] * 50) == [True] * 50
     assert len(calls) == 1
     assert c.check_many([GOOD] * 10 + [BAD] * 10) == [True] * 10 + [False] * 10
@@ -134,7 +189,7 @@ def test_distinct_python_completions_run_in_parallel_threads(monkeypatch):
     calls: list[str] = []
     monkeypatch.setattr(checkers, "run_python", fake_sandbox(calls))
     completions = [f"    return a + b  # {i}\n" for i in range(6)] + [BAD]
-    result = Checker(item("python", prompt=PROMPT, tests=TESTS), workers=3).check_many(completions)
+    result = Checker(item("python", prompt=PROMPT, tests=TESTS), workers=3, unsafe_exec=True).check_many(completions)
     assert result == [True] * 6 + [False] and len(calls) == 7
 
 
@@ -146,8 +201,8 @@ def test_limits_reach_the_sandbox(monkeypatch):
         return SandboxResult(True, "passed", 0, "", "", 0.0)
 
     monkeypatch.setattr(checkers, "run_python", fake_run_python)
-    Checker(item("python", prompt=PROMPT, tests=TESTS), timeout_s=1.5, memory_mb=128).check_one(GOOD)
-    assert seen == {"timeout_s": 1.5, "memory_mb": 128}
+    Checker(item("python", prompt=PROMPT, tests=TESTS), timeout_s=1.5, memory_mb=128, unsafe_exec=True).check_one(GOOD)
+    assert seen == {"timeout_s": 1.5, "memory_mb": 128, "unsafe_exec": True}
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -162,6 +217,7 @@ def test_unusable_items_raise_task_format_error_naming_the_item(bad, message):
     assert "'g1'" in str(e.value)
 
 
+@needs_isolation
 def test_checker_accepts_the_generative_item_class():
     generative = pytest.importorskip("capscale.tasks.generative")
     it = generative.GenItem(id="p1", prompt=PROMPT, answer="", check="python", tests=TESTS)

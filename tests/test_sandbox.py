@@ -1,8 +1,17 @@
-"""The sandbox runs generated code, and every way out we know of is contained and scored as a failure."""
+"""The sandbox runs generated code, and every way out we know of is contained and scored as a failure.
+
+Most tests need kernel isolation (bubblewrap that can create namespaces here); they are skipped, with
+the reason, where there is none. ``audit_hook=False`` runs stand for a program that defeated the audit
+hook: what they show is held by the kernel alone.
+"""
 
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -10,12 +19,34 @@ from pathlib import Path
 import pytest
 
 from capscale.scoring import sandbox
-from capscale.scoring.sandbox import SandboxViolation, refusal_reason, run_python
+from capscale.scoring.checkers import python_program
+from capscale.scoring.sandbox import SandboxUnavailable, kernel_isolation, run_python
+from capscale.scoring.sandbox_child import SandboxViolation, refusal_reason
+
+ISOLATION = kernel_isolation()
+LAYERS = sandbox.sandbox_layers()
+LANDLOCK = any(layer.startswith("landlock") for layer in LAYERS)
+needs_landlock = pytest.mark.skipif(not LANDLOCK, reason="Landlock is not available on this kernel")
+
+PROMPT = 'def add(a, b):\n    """Return the sum of a and b."""\n'
+TESTS = "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n\ncheck(add)\n"
+GOOD = "    return a + b\n"
+BAD = "    return a - b\n"
+# The two lines that switched the old audit hook off: its policy was looked up in the harness's globals.
+SWITCH_OFF = "import sys\nsys._getframe(1).f_globals['refusal_reason'] = lambda *a: None\n"
 
 
 def run(code: str, **kw):
+    """Run in the kernel sandbox (skipped where there is none); ``kw`` goes to sandbox._execute."""
+    if not ISOLATION.available and kw.get("namespaces", True):
+        pytest.skip(f"no kernel isolation here: {ISOLATION.reason} (apt-get install bubblewrap)")
     kw.setdefault("timeout_s", 3.0)
-    return run_python(textwrap.dedent(code), **kw)
+    return sandbox._execute(textwrap.dedent(code), **kw)
+
+
+def run_check(completion: str, **kw):
+    """The python check of ``add``: prompt + completion + tests."""
+    return run(python_program(PROMPT, completion, TESTS), **kw)
 
 
 def processes_with_arg(token: str) -> list[int]:
@@ -32,7 +63,14 @@ def processes_with_arg(token: str) -> list[int]:
     return found
 
 
-LANDLOCK = any(layer.startswith("landlock") for layer in sandbox.sandbox_layers())
+def no_process_left(token: str) -> bool:
+    deadline = time.monotonic() + 3
+    while processes_with_arg(token) and time.monotonic() < deadline:
+        time.sleep(0.05)  # SIGKILL is asynchronous
+    left = processes_with_arg(token)
+    for pid in left:  # do not leave them behind if the assertion fails
+        os.kill(pid, 9)
+    return not left
 
 
 # ------------------------------------------------------------------ plain programs
@@ -43,7 +81,8 @@ def test_passing_code_passes_and_output_is_captured():
     assert (r.passed, r.status, r.returncode) == (True, "passed", 0)
     assert r.stdout == "hello\n"
     assert r.stderr == "warn\n"
-    assert "audit-hook" in r.layers and "rlimits" in r.layers
+    assert {"namespaces(bwrap)", "audit-hook", "rlimits"} <= set(r.layers)
+    assert "seccomp(no-new-processes)" in r.layers or sandbox.seccomp_filter() is None
 
 
 def test_failing_assert_fails_with_traceback():
@@ -58,8 +97,8 @@ def test_syntax_error_fails():
 
 
 @pytest.mark.parametrize("code, status", [
-    ("import sys; sys.exit(0)", "passed"),
-    ("import sys; sys.exit()", "passed"),
+    ("import sys; sys.exit(0)", "exited"),
+    ("import sys; sys.exit()", "exited"),
     ("import sys; sys.exit(3)", "failed"),
     ("import sys; sys.exit(256)", "failed"),  # would wrap to 0 as an exit status
     ("import sys; sys.exit('message')", "failed"),
@@ -82,6 +121,50 @@ def test_program_runs_as_main_module():
 def test_output_is_truncated_to_the_tail():
     r = run("print('x' * 10000 + 'END')", max_output_chars=100)
     assert len(r.stdout) == 100 and r.stdout.endswith("END\n")
+
+
+# ------------------------------------------------------------------ exiting before the tests ran
+
+
+EARLY_EXITS = {
+    "exit()": BAD + "exit()\n",
+    "quit()": BAD + "quit()\n",
+    "sys.exit(0)": BAD + "import sys\nsys.exit(0)\n",
+    "sys.exit()": BAD + "import sys\nsys.exit()\n",
+    "raise SystemExit": BAD + "raise SystemExit\n",
+    "os._exit(0)": BAD + "import os\nos._exit(0)\n",
+    "__main__ guard": BAD + "\ndef main():\n    return 0\n\nif __name__ == '__main__':\n    import sys\n    sys.exit(main())\n",
+    "SystemExit inside a test": "    raise SystemExit(0)\n",
+    "atexit handler, then os._exit(0)": BAD + "import atexit, os\natexit.register(print, 'bye')\nos._exit(0)\n",
+    "close stdout and stderr, then os._exit(0)": BAD + "import os, sys\nsys.stdout.close()\nos.close(1)\nos.close(2)\nos._exit(0)\n",
+    "close every descriptor, then end": BAD + "import os\nos.closerange(0, 1024)\nos._exit(0)\n",
+    "kill itself with SIGKILL": BAD + "import signal\nsignal.raise_signal(signal.SIGKILL)\n",
+    "kill itself with SIGTERM": BAD + "import signal\nsignal.raise_signal(signal.SIGTERM)\n",
+    "forge the end record with a guessed token": BAD + textwrap.dedent("""
+        import os
+        for fd in range(3, 64):
+            try:
+                os.write(fd, b"end 0123456789abcdef0123456789abcdef\\n")
+            except OSError:
+                pass
+        os._exit(0)
+    """),
+}
+
+
+@pytest.mark.parametrize("namespaces", [True, False], ids=["namespaces", "no-namespaces"])
+@pytest.mark.parametrize("how", sorted(EARLY_EXITS))
+def test_exiting_before_the_tests_fails(how, namespaces):
+    r = run_check(EARLY_EXITS[how], namespaces=namespaces)
+    assert not r.passed and r.status in ("exited", "failed"), (r.status, r.stderr)
+
+
+@pytest.mark.parametrize("namespaces", [True, False], ids=["namespaces", "no-namespaces"])
+def test_a_correct_solution_still_passes(namespaces):
+    r = run_check(GOOD, namespaces=namespaces)
+    assert r.status == "passed", r.stderr
+    r = run_check(GOOD + "import sys\nsys.stdout.close()\n", namespaces=namespaces)  # closing stdout is no exit
+    assert r.status == "passed", r.stderr
 
 
 # ------------------------------------------------------------------ time and memory
@@ -115,6 +198,16 @@ def test_huge_allocation_fails_without_hurting_us(code):
 # ------------------------------------------------------------------ processes
 
 
+DOUBLE_FORK = textwrap.dedent("""
+    import os, subprocess
+    r, w = os.pipe()
+    subprocess._fork_exec([b'/bin/sh', b'-c', b'sleep {arg} &'], [b'/bin/sh'], True, (), None, None,
+                          -1, -1, -1, -1, -1, -1, r, w, False, True, -1, None, None, None, -1, None, False)
+    import time
+    time.sleep(0.3)
+""")
+
+
 @pytest.mark.parametrize("code", [
     "import os\nwhile True:\n    os.fork()",
     "import subprocess\nsubprocess.Popen(['sleep', '987.125'])",
@@ -125,12 +218,37 @@ def test_huge_allocation_fails_without_hurting_us(code):
     "import multiprocessing as mp, time\nmp.get_context('spawn').Process(target=time.sleep, args=(987.125,)).start()",
     "import multiprocessing as mp, time\nmp.get_context('fork').Process(target=time.sleep, args=(987.125,)).start()",
     "import os\nos.kill(os.getpid(), 0)",
+    DOUBLE_FORK.format(arg="987.125"),  # subprocess kept its own reference to fork_exec
 ])
 def test_process_creation_is_blocked_and_nothing_survives(code):
     r = run(code)
     assert (r.passed, r.status) == (False, "blocked"), r.stderr
     assert "SandboxViolation" in r.stderr
-    assert processes_with_arg("987.125") == []
+    assert no_process_left("987.125")
+
+
+def test_without_the_hook_seccomp_refuses_new_processes():
+    r = run_check(GOOD + DOUBLE_FORK.format(arg="987.375"), audit_hook=False)
+    assert r.status == "failed" and "PermissionError" in r.stderr, r.stderr
+    assert no_process_left("987.375")
+    r = run("import os\nwhile True:\n    os.fork()", audit_hook=False)  # a fork bomb
+    assert r.status == "failed" and "PermissionError" in r.stderr, r.stderr
+    r = run("import threading\nt = threading.Thread(target=print, args=('ok',))\nt.start()\nt.join()", audit_hook=False)
+    assert r.status == "passed" and r.stdout == "ok\n", r.stderr  # threads stay allowed
+
+
+def test_a_double_forked_survivor_dies_with_the_run():
+    """PID namespace alone (no hook, no seccomp): a setsid-ed grandchild outlives its parent, not the run."""
+    r = run_check(GOOD + DOUBLE_FORK.format(arg="987.375"), audit_hook=False, seccomp=False)
+    assert r.status == "passed", r.stderr  # a correct answer, and nothing of it is left afterwards
+    assert no_process_left("987.375")
+
+
+def test_timeout_kills_every_process_of_the_run():
+    code = "import subprocess\nsubprocess.Popen(['setsid', 'sleep', '987.250'])\nwhile True: pass\n"
+    r = run(code, timeout_s=1.0, audit_hook=False, seccomp=False)
+    assert r.status == "timeout"
+    assert no_process_left("987.250")
 
 
 def test_catching_the_refusal_still_fails_the_run():
@@ -157,16 +275,21 @@ def test_refusal_is_reported_even_without_stderr():
     assert (r.returncode, r.status) == (sandbox.EXIT_BLOCKED, "blocked")
 
 
-def test_timeout_kills_the_whole_process_group():
-    """Without the audit hook (root ignores RLIMIT_NPROC) a child process gets started;
-    the timeout must take it down with the program."""
-    code = "import subprocess\nsubprocess.Popen(['sleep', '987.250'])\nwhile True: pass\n"
-    r = sandbox._execute(code, 1.0, 512, 8, 4000, audit_hook=False)
-    assert r.status == "timeout"
-    deadline = time.monotonic() + 2
-    while processes_with_arg("987.250") and time.monotonic() < deadline:
-        time.sleep(0.05)  # SIGKILL is asynchronous
-    assert processes_with_arg("987.250") == []
+def test_clearing_the_harness_record_of_a_refusal_does_not_hide_it():
+    r = run_check(GOOD + textwrap.dedent("""
+        import os, sys
+        try:
+            os.fork()
+        except OSError:
+            pass
+        frame = sys._getframe()
+        while frame is not None:
+            if isinstance(frame.f_locals.get("violations"), list):
+                frame.f_locals["violations"].clear()
+            frame = frame.f_back
+        os.close(2)
+    """))
+    assert r.status == "blocked"
 
 
 def test_raising_limits_is_blocked():
@@ -189,17 +312,17 @@ ESCAPES = {
     "shutil.move": "open('inside.txt', 'w').write('x')\nimport shutil\nshutil.move('inside.txt', {target!r})",
     "symlink": "import os\nos.symlink({target!r}, 'link')\nopen('link', 'w').write('x')",
     "mkdir": "import os\nos.makedirs({target!r})",
+    "mkfifo": "import os\nos.mkfifo({target!r})",
 }
 
 
+@pytest.mark.parametrize("audit_hook", [True, False], ids=["hook", "kernel-alone"])
 @pytest.mark.parametrize("how", sorted(ESCAPES))
-def test_writing_outside_the_workdir_is_blocked(tmp_path: Path, how: str):
+def test_writing_outside_the_workdir_fails_and_writes_nothing(tmp_path: Path, how: str, audit_hook: bool):
     target = tmp_path / "escaped" / "file.txt" if how == "mkdir" else tmp_path / "escaped.txt"
-    r = run(ESCAPES[how].format(target=str(target)))
-    assert (r.passed, r.status) == (False, "blocked"), r.stderr
-    assert not target.exists()
-    if how == "mkdir":
-        assert not target.parent.exists()
+    r = run(ESCAPES[how].format(target=str(target)), audit_hook=audit_hook)
+    assert r.status == ("blocked" if audit_hook and how != "mkfifo" else "failed"), r.stderr  # mkfifo: no audit event
+    assert not target.exists() and not (tmp_path / "escaped").exists()
 
 
 @pytest.mark.parametrize("how", ["remove", "rmtree", "chmod", "truncate", "utime", "link"])
@@ -242,10 +365,10 @@ def test_writing_inside_the_workdir_is_allowed():
     assert r.stdout == "['c.txt', 'program.py']\n"
 
 
-def test_workdir_is_removed_afterwards():
-    r = run("import os; print(os.getcwd())")
-    workdir = r.stdout.strip()
-    assert workdir and not os.path.exists(workdir) and not os.path.exists(os.path.dirname(workdir))
+def test_the_run_leaves_no_files_behind(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    r = run("open('left.txt', 'w').write('x')\nimport os\nos.chmod('.', 0)")
+    assert r.status == "passed" and list(tmp_path.iterdir()) == []
 
 
 def test_file_size_bomb_is_stopped():
@@ -263,18 +386,31 @@ def test_output_flood_is_stopped():
     assert r.status == "failed" and len(r.stdout) <= 50
 
 
-@pytest.mark.skipif(not LANDLOCK, reason="Landlock is not available on this kernel")
-def test_landlock_alone_stops_writes_outside(tmp_path: Path):
+@needs_landlock
+def test_without_namespaces_landlock_alone_stops_writes_outside(tmp_path: Path):
     target = tmp_path / "escaped.txt"
-    r = sandbox._execute(f"open({str(target)!r}, 'w')", 3.0, 512, 8, 4000, audit_hook=False)
+    r = run(f"open({str(target)!r}, 'w')", audit_hook=False, namespaces=False)
     assert r.status == "failed" and "PermissionError" in r.stderr
     assert "audit-hook" not in r.layers and not target.exists()
     fifo = tmp_path / "fifo"  # mkfifo has no audit event: only Landlock stops it
-    r = run(f"import os\nos.mkfifo({str(fifo)!r})")
+    r = run(f"import os\nos.mkfifo({str(fifo)!r})", namespaces=False)
     assert r.status == "failed" and not fifo.exists()
 
 
-# ------------------------------------------------------------------ environment, network, ctypes
+# ------------------------------------------------------------------ secrets
+
+
+def test_files_outside_the_workdir_cannot_be_read(tmp_path: Path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("FILE-SECRET-42")
+    for audit_hook in (True, False):
+        r = run_check(GOOD + f"print(open({str(secret)!r}).read())\n", audit_hook=audit_hook)
+        assert r.status == "failed" and "FileNotFoundError" in r.stderr and "FILE-SECRET" not in r.stdout
+    # nothing of the user's home is there either, but the path down to a Python installation inside it
+    home = [str(p) for p in Path.home().iterdir()
+            if not any(d == str(p) or d.startswith(str(p) + os.sep) for d in sandbox._python_dirs())]
+    r = run(f"import os\nprint([p for p in {home!r} if os.path.lexists(p)])")
+    assert r.status == "passed" and r.stdout == "[]\n", r.stderr
 
 
 def test_parent_environment_does_not_leak(monkeypatch):
@@ -285,20 +421,181 @@ def test_parent_environment_does_not_leak(monkeypatch):
     assert r.stdout.splitlines()[1] == "True"
 
 
+PROC_ENVIRON = """
+import os, sys
+leaked = []
+for pid in [p for p in os.listdir('/proc') if p.isdigit()]:
+    try:
+        leaked += [pid] * (b'ENV-SECRET-43' in open(f'/proc/{pid}/environ', 'rb').read())
+    except OSError:
+        pass
+print('leaked', leaked, 'ppid', os.getppid())
+print(open('/proc/{PARENT}/environ', 'rb').read())
+"""
+
+
+def test_the_parents_environment_cannot_be_read_through_proc(tmp_path: Path):
+    """The parent (a separate process, so the secret is in its initial environment) runs the program."""
+    if not ISOLATION.available:
+        pytest.skip(f"no kernel isolation here: {ISOLATION.reason}")
+    parent = textwrap.dedent(f"""
+        import os, sys
+        from capscale.scoring.sandbox import run_python
+        code = {PROC_ENVIRON!r}.replace('{{PARENT}}', str(os.getpid()))
+        r = run_python(code, timeout_s=5.0)
+        print(r.status)
+        print(r.stdout)
+    """)
+    out = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, ATTACK_ENV_SECRET="ENV-SECRET-43")).stdout
+    assert out.splitlines()[0] == "failed"  # /proc/<real parent pid> does not exist in the sandbox
+    assert "leaked [] ppid" in out and "ENV-SECRET-43" not in out
+
+
+# ------------------------------------------------------------------ network, ctypes, the hook itself
+
+
 @pytest.mark.parametrize("code", [
     "import socket\nsocket.create_connection(('127.0.0.1', 9), timeout=1)",
     "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)",
     "import urllib.request\nurllib.request.urlopen('http://127.0.0.1:9/')",
     "import ctypes\nctypes.CDLL(None).getpid()",
     "import ctypes\nctypes.string_at(id(1), 8)",
+    "import gc\ngc.get_objects()",
+    "import sys\nsys.settrace(lambda *a: None)",
 ])
-def test_network_and_ctypes_are_blocked(code):
+def test_network_ctypes_and_introspection_are_blocked(code):
     assert run(code).status == "blocked"
 
 
 def test_local_socket_pairs_and_asyncio_work():
     r = run("import asyncio\nasyncio.run(asyncio.sleep(0))\nprint('ok')")
     assert r.status == "passed", r.stderr
+
+
+@pytest.fixture
+def listeners(tmp_path: Path):
+    """A UDP and a TCP socket on loopback and an AF_UNIX socket in a folder, all outside the sandbox."""
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    udp.settimeout(0.3)
+    tcp = socket.socket()
+    tcp.bind(("127.0.0.1", 0))
+    tcp.listen(1)
+    tcp.settimeout(0.3)
+    path = str(tmp_path / "daemon.sock")
+    unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    unix.bind(path)
+    unix.listen(1)
+    unix.settimeout(0.3)
+    yield {"udp": udp, "tcp": tcp, "unix": unix, "udp_port": udp.getsockname()[1],
+           "tcp_port": tcp.getsockname()[1], "path": path}
+    for s in (udp, tcp, unix):
+        s.close()
+
+
+NETWORK_ATTACKS = {
+    "udp": "import socket\nsocket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'leak', ('127.0.0.1', {udp_port}))\n",
+    "tcp": "import socket\nsocket.create_connection(('127.0.0.1', {tcp_port}), timeout=1).send(b'leak')\n",
+    "unix": "import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect({path!r})\ns.send(b'leak')\n",
+    "raw": "import socket\nsocket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)\n",
+    "netlink": "import socket\ns = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)\ns.bind((0, 0))\n"
+               "assert [n for _, n in socket.if_nameindex()] == ['lo'], socket.if_nameindex()\nraise SystemExit(1)\n",
+}
+
+
+def nothing_arrived(listeners) -> bool:
+    try:
+        listeners["udp"].recv(100)
+        return False
+    except socket.timeout:
+        pass
+    for name in ("tcp", "unix"):
+        try:
+            listeners[name].accept()[0].close()
+            return False
+        except socket.timeout:
+            pass
+    return True
+
+
+@pytest.mark.parametrize("attack", sorted(NETWORK_ATTACKS))
+def test_the_old_hook_switch_off_no_longer_works(listeners, attack):
+    r = run_check(GOOD + SWITCH_OFF + NETWORK_ATTACKS[attack].format(**listeners))
+    assert r.status == "blocked", r.stderr
+    assert nothing_arrived(listeners)
+
+
+@pytest.mark.parametrize("attack", sorted(NETWORK_ATTACKS))
+def test_without_the_hook_the_network_namespace_holds(listeners, attack):
+    """As if the hook were defeated: no packet or connection leaves, raw sockets are refused, netlink
+    sees only the sandbox's own loopback (the program then exits 1 on purpose)."""
+    r = run_check(GOOD + NETWORK_ATTACKS[attack].format(**listeners), audit_hook=False)
+    assert nothing_arrived(listeners)
+    if attack == "udp":
+        assert r.status == "passed"  # a datagram into the sandbox's own loopback goes nowhere
+    else:
+        assert r.status == "failed", r.stderr
+        assert "AssertionError" not in r.stderr
+
+
+# ------------------------------------------------------------------ Landlock on and off
+
+
+SAME_VERDICT_PROGRAMS = {
+    "correct": python_program(PROMPT, GOOD, TESTS),
+    "wrong": python_program(PROMPT, BAD, TESTS),
+    "numpy": "import numpy as np\nnp.save('a.npy', np.arange(3))\nassert np.load('a.npy').sum() == 3\n",
+    "write /dev/shm": "open('/dev/shm/x', 'w').write('x')\n",
+    "multiprocessing lock": "import multiprocessing\nmultiprocessing.Lock()\n",
+    "mkfifo inside": "import os\nos.mkfifo('fifo')\n",
+    "mkfifo outside": "import os\nos.mkfifo('/tmp/fifo')\n",
+    "/dev/stdout": "open('/dev/stdout', 'w').write('x')\n",
+    "devices": "import os\nfor d in ('/dev/null', '/dev/zero', '/dev/full'):\n    os.close(os.open(d, os.O_WRONLY))\n",
+    "pty": "import os\nos.openpty()\n",
+    "write own /proc": "import os\nfd = os.open('/proc/self/comm', os.O_WRONLY)\n",
+    "sysctl": "open('/proc/sys/kernel/hostname')\n",
+    "tcp to self": "import socket\ns = socket.socket()\ns.bind(('127.0.0.1', 0))\n",
+}
+
+
+@needs_landlock
+@pytest.mark.parametrize("audit_hook", [True, False], ids=["hook", "no-hook"])
+@pytest.mark.parametrize("name", sorted(SAME_VERDICT_PROGRAMS))
+def test_verdicts_are_the_same_with_and_without_landlock(name, audit_hook):
+    with_landlock = run(SAME_VERDICT_PROGRAMS[name], audit_hook=audit_hook)
+    without = run(SAME_VERDICT_PROGRAMS[name], audit_hook=audit_hook, landlock=False)
+    assert any(x.startswith("landlock") for x in with_landlock.layers)
+    assert not any(x.startswith("landlock") for x in without.layers)
+    assert with_landlock.status == without.status, (with_landlock.stderr, without.stderr)
+
+
+def test_numpy_imports():
+    pytest.importorskip("numpy")
+    r = run("import numpy\nprint(numpy.arange(3).sum())")
+    assert r.status == "passed" and r.stdout == "3\n", r.stderr
+
+
+# ------------------------------------------------------------------ no kernel isolation
+
+
+@pytest.fixture
+def no_bwrap(monkeypatch, tmp_path):
+    """A machine without bubblewrap: PATH without bwrap, the cached probe forgotten before and after."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+    kernel_isolation.cache_clear()
+    yield
+    kernel_isolation.cache_clear()
+
+
+def test_without_kernel_isolation_python_refuses_unless_unsafe_exec(no_bwrap):
+    assert not kernel_isolation().available and "not installed" in kernel_isolation().reason
+    with pytest.raises(SandboxUnavailable, match="--unsafe-exec") as e:
+        run_python("print(1)")
+    assert "apt-get install bubblewrap" in str(e.value)
+    r = run_python("print(1)", unsafe_exec=True)
+    assert r.status == "passed" and r.layers[0] == "no-namespaces"
+    assert sandbox.sandbox_layers()[0] == "no-namespaces"
 
 
 # ------------------------------------------------------------------ the audit policy itself
@@ -319,6 +616,7 @@ def test_refusal_policy(tmp_path: Path):
     assert refusal_reason("os.symlink", ("a.txt", os.path.join(root, "l"), -1), root) is None
     assert refusal_reason("socket.__new__", (None, 1, 1, 0), root) is None  # AF_UNIX
     assert refusal_reason("socket.__new__", (None, 2, 1, 0), root) is not None
+    assert refusal_reason("gc.get_referrers", ((),), root) is not None
     assert refusal_reason("compile", (b"", "<x>"), root) is None
     with pytest.raises(SandboxViolation):
         raise SandboxViolation("is a PermissionError")

@@ -5,7 +5,8 @@ Four checks (the ``check`` field of a generative item, DESIGN.md):
 - ``exact``: the stripped completion equals the stripped answer;
 - ``number``: the first number in the completion equals the answer (``-1,234.5`` style);
 - ``regex``: the stripped completion matches the answer, a regular expression, in full;
-- ``python``: prompt (optional) + completion + the item's tests run in the sandbox and exit 0.
+- ``python``: prompt (optional) + completion + the item's tests run in the sandbox to their end and exit 0
+  (a program that exits early, e.g. ``sys.exit(0)`` before the tests, fails).
 
 The first three are pure functions. :class:`Checker` binds one item to its check and caches
 verdicts per distinct completion: PassUntil sampling draws thousands of samples per item and
@@ -18,7 +19,7 @@ import math
 import re
 from concurrent.futures import ThreadPoolExecutor
 
-from capscale.scoring.sandbox import run_python
+from capscale.scoring.sandbox import require_kernel_isolation, run_python
 from capscale.tasks.generative import CHECKS, parse_answer_number, validate_answer_check  # noqa: F401 (re-exported)
 
 
@@ -64,9 +65,12 @@ def python_program(prompt: str, completion: str, tests: str, include_prompt: boo
     return (prompt if include_prompt else "") + completion + "\n\n" + tests
 
 
-def check_python(prompt: str, completion: str, tests: str, include_prompt: bool = True, **limits) -> bool:
-    """Passed iff the program runs to exit status 0 in the sandbox; ``limits`` go to :func:`run_python`."""
-    return run_python(python_program(prompt, completion, tests, include_prompt), **limits).status == "passed"
+def check_python(prompt: str, completion: str, tests: str, include_prompt: bool = True, *,
+                 unsafe_exec: bool = False, **limits) -> bool:
+    """Passed iff the program runs to its end with exit status 0 in the sandbox; ``unsafe_exec`` and
+    ``limits`` go to :func:`run_python`."""
+    program = python_program(prompt, completion, tests, include_prompt)
+    return run_python(program, unsafe_exec=unsafe_exec, **limits).status == "passed"
 
 
 class Checker:
@@ -75,10 +79,11 @@ class Checker:
     ``item`` is any object with ``id, prompt, answer, check`` (and optionally ``tests`` and
     ``include_prompt``), e.g. :class:`capscale.tasks.generative.GenItem`. ``workers`` python
     checks of distinct completions run at once (each is its own process); ``limits`` go to
-    :func:`run_python`.
+    :func:`run_python`. A python item refuses to be checked where there is no kernel isolation for
+    generated code, unless ``unsafe_exec`` (``capscale sample --unsafe-exec``).
     """
 
-    def __init__(self, item, *, workers: int = 2, **limits):
+    def __init__(self, item, *, workers: int = 2, unsafe_exec: bool = False, **limits):
         self.item_id = str(item.id)
         self.prompt = item.prompt
         self.answer = item.answer
@@ -86,13 +91,16 @@ class Checker:
         self.tests = getattr(item, "tests", None) or ""
         self.include_prompt = getattr(item, "include_prompt", True)
         self.workers = max(1, int(workers))
+        self.unsafe_exec = unsafe_exec
         self.limits = limits
         self._cache: dict[str, bool] = {}
         self._validate()
 
     def _validate(self) -> None:
-        """Fail before sampling on an item no completion could ever pass."""
+        """Fail before sampling on an item no completion could ever pass, or that could not be checked safely."""
         validate_answer_check(self.check, self.answer, self.tests, f"item {self.item_id!r}")
+        if self.check == "python":
+            require_kernel_isolation(self.unsafe_exec)
 
     def check_one(self, completion: str) -> bool:
         return self.check_many([completion])[0]
@@ -115,4 +123,5 @@ class Checker:
             return check_number(completion, self.answer)
         if self.check == "regex":
             return check_regex(completion, self.answer)
-        return check_python(self.prompt, completion, self.tests, self.include_prompt, **self.limits)
+        return check_python(self.prompt, completion, self.tests, self.include_prompt, unsafe_exec=self.unsafe_exec,
+                            **self.limits)

@@ -1,53 +1,89 @@
-"""Run generated Python in a throwaway child process that cannot harm the machine by accident.
+"""Run generated Python where it can neither harm nor read the machine, nor lie about its result.
 
-Samples from small models write files, loop forever, allocate without bound and call
-``os.fork`` in a loop; a python check runs thousands of them. Each run gets a fresh
-temporary working directory (deleted afterwards) and a child interpreter with a minimal
-environment. Containment, outermost first:
+Samples from small models write files, loop forever, allocate without bound, fork in a loop, exit
+before their tests run, and now and then do worse; a python check runs thousands of them. Each run gets
+a fresh temporary working directory (deleted afterwards) and a child interpreter. Containment,
+outermost first:
 
-1. **The parent** kills the child's whole process group at the wall-clock timeout, and
-   collects stdout/stderr into files (so an output flood cannot fill the parent's memory).
-2. **Resource limits** (set in the child before the program runs): CPU seconds, address
-   space, file size, open files, no core dumps, process count. Root ignores RLIMIT_NPROC,
-   which is why process creation is also refused by layer 4.
-3. **Landlock** (Linux >= 5.13, when the kernel allows it): writes, deletes and new files
-   only under the working directory and ``/dev/null``; on Landlock ABI >= 4 no TCP bind or
-   connect, on ABI >= 6 no signals to processes outside the sandbox. Enforced by the kernel,
-   for root too. Skipped cleanly (and reported) where unavailable.
-4. **An audit hook** (``sys.addaudithook``, installed last, before the program): refuses file
-   writes outside the working directory, process creation and signals, ``ctypes``, network
-   sockets and raising resource limits. It always works, but an audit hook is no security
-   boundary against code written to escape it: it guards against accidents of generated code.
+1. **Kernel namespaces, through bubblewrap** (``bwrap``; Debian/Ubuntu package ``bubblewrap``): fresh
+   user, PID, network, mount, IPC and UTS namespaces, uid/gid 65534 without capabilities, no nested
+   user namespaces. The root file system is an empty read-only tmpfs holding only the system
+   directories (``/usr``, ``/lib*``, ``/bin``), the Python installation (``sys.prefix``,
+   ``sys.base_prefix``) read-only, a fresh ``/proc`` of the new PID namespace, a minimal read-only
+   ``/dev``, and the working directory, mounted at ``/sandbox``: the only writable place. No network
+   but a loopback of its own. A seccomp filter refuses new processes (threads stay allowed). When the
+   program's process ends, bubblewrap's init (PID 1 of the namespace) exits and the kernel kills every
+   process left in the namespace. The environment is a fixed minimal one, for bubblewrap itself too.
+2. **The parent** kills the sandbox at the wall-clock timeout and collects stdout/stderr into files
+   (so an output flood cannot fill the parent's memory).
+3. The in-process layers of :mod:`capscale.scoring.sandbox_child`: resource limits, Landlock and an
+   audit hook (the last two are extra walls, not the boundary).
 
-A refused operation raises :class:`SandboxViolation` in the program and makes the run
-``"blocked"`` even if the program catches the exception. The layers in force for a run are
-in ``SandboxResult.layers``.
+Where bubblewrap is missing or cannot create namespaces (see :func:`kernel_isolation`), :func:`run_python`
+refuses to run unless called with ``unsafe_exec=True`` (``capscale sample --unsafe-exec``); then only
+layers 2 and 3 contain the program, so a verdict never depends silently on the kernel.
 
-This file is also the child's entry point: the parent runs ``python sandbox.py CONFIG``, so
-the module imports only the standard library.
+A run is "passed" only if the program ran to its end, exited with status 0, refused nothing, and the
+harness wrote the run's random end token to the report pipe after the program finished (an early
+``sys.exit(0)`` or ``os._exit(0)`` is "exited"). The layers in force are in ``SandboxResult.layers``.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-import resource
+import platform
+import secrets
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 
-STATUSES = ("passed", "failed", "timeout", "memory", "blocked", "error")
+from capscale.errors import CapscaleError
+from capscale.scoring import sandbox_child
+from capscale.scoring.sandbox_child import (
+    BLOCKED_MARKER,
+    BLOCKED_RECORD,
+    END_RECORD,
+    EXIT_BLOCKED,
+    EXIT_MEMORY,
+    EXIT_SANDBOX_ERROR,
+    LAYERS_PREFIX,
+)
 
-EXIT_BLOCKED = 97
-EXIT_MEMORY = 98
-EXIT_SANDBOX_ERROR = 99
-BLOCKED_MARKER = "[capscale-sandbox:blocked]"
-LAYERS_PREFIX = "[capscale-sandbox:layers]"
+STATUSES = ("passed", "failed", "exited", "timeout", "memory", "blocked", "error")
 PROGRAM_NAME = "program.py"
+SANDBOX_WORKDIR = "/sandbox"  # where the working directory appears inside the namespaces
+SANDBOX_HARNESS = "/capscale/sandbox_child.py"
+SANDBOX_UID = 65534  # "nobody"
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+NAMESPACES_LAYER = "namespaces(bwrap)"
+SECCOMP_LAYER = "seccomp(no-new-processes)"
+# Global /proc entries the sandbox must not write. bwrap maps the sandbox user to the caller, so under
+# root it is uid 0 (without capabilities) outside, and files owned by uid 0 with a write bit (sysctls,
+# PSI triggers, ...) would be writable; they are hidden (an empty read-only tmpfs or file) for every
+# caller, so that verdicts do not depend on who runs them. The probe adds any other writable entry.
+PROC_COVER = ("sys", "sysrq-trigger", "mtrr", "pressure", "acpi", "irq", "bus", "fs", "driver", "scsi", "tty")
+_PROC_SCAN = """
+import os
+for name in sorted(os.listdir("/proc")):
+    if name.isdigit() or name in ("self", "thread-self"):
+        continue
+    top = "/proc/" + name
+    walk = os.walk(top) if os.path.isdir(top) and not os.path.islink(top) else [("/proc", [], [name])]
+    if any(not os.path.islink(os.path.join(d, f)) and os.access(os.path.join(d, f), os.W_OK)
+           for d, _, files in walk for f in files):
+        print(name)
+"""
+
+
+class SandboxUnavailable(CapscaleError):
+    """No kernel isolation for generated code here, and the user did not accept running without it."""
 
 
 @dataclass
@@ -61,6 +97,20 @@ class SandboxResult:
     layers: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class Isolation:
+    """Whether kernel isolation works here: the bwrap executable and its flags, or why not."""
+
+    bwrap: str | None
+    flags: tuple[str, ...] = ()
+    proc_cover: tuple[str, ...] = ()  # entries of /proc to hide
+    reason: str = ""
+
+    @property
+    def available(self) -> bool:
+        return self.bwrap is not None
+
+
 def run_python(
     code: str,
     *,
@@ -68,62 +118,183 @@ def run_python(
     memory_mb: int = 512,
     max_file_mb: int = 8,
     max_output_chars: int = 4000,
+    unsafe_exec: bool = False,
 ) -> SandboxResult:
-    """Run ``code`` as ``__main__`` in a sandboxed child; exit status 0 means passed."""
-    return _execute(code, timeout_s, memory_mb, max_file_mb, max_output_chars, audit_hook=True)
+    """Run ``code`` as ``__main__`` in the sandbox; "passed" means it ran to its end and exited 0.
+
+    Raises :class:`SandboxUnavailable` when there is no kernel isolation, unless ``unsafe_exec``."""
+    isolation = require_kernel_isolation(unsafe_exec)
+    return _execute(code, timeout_s=timeout_s, memory_mb=memory_mb, max_file_mb=max_file_mb,
+                    max_output_chars=max_output_chars, namespaces=isolation.available)
+
+
+def require_kernel_isolation(unsafe_exec: bool = False) -> Isolation:
+    """The isolation to use; refuse (naming the way out) when there is none and it was not waived."""
+    isolation = kernel_isolation()
+    if not isolation.available and not unsafe_exec:
+        raise SandboxUnavailable(
+            f"python checks need kernel isolation for generated code, and there is none here: {isolation.reason}. "
+            "Install bubblewrap (apt-get install bubblewrap), or pass --unsafe-exec (unsafe_exec=True) to run "
+            "generated code with only rlimits, Landlock and an audit hook around it")
+    return isolation
 
 
 def sandbox_layers() -> tuple[str, ...]:
     """The containment layers a run gets on this machine (runs a trivial program to find out)."""
-    return run_python("pass").layers
+    isolation = kernel_isolation()
+    return _execute("pass", namespaces=isolation.available).layers
 
 
-# ----------------------------------------------------------------------------- parent side
+@functools.lru_cache(maxsize=1)
+def kernel_isolation() -> Isolation:
+    """Find bwrap on PATH and check, once per process, that it starts this Python in the sandbox."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        return Isolation(None, reason="bubblewrap (bwrap) is not installed")
+    try:
+        usage = subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        return Isolation(None, reason=f"{bwrap} does not run: {e}")
+    flags = ["--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
+             "--unshare-cgroup-try", "--die-with-parent", "--new-session"]
+    if "--disable-userns" in usage:  # bubblewrap >= 0.8
+        flags.append("--disable-userns")
+    cover = tuple(name for name in PROC_COVER if os.path.lexists(f"/proc/{name}"))
+    for _ in range(2):  # the second scan must find nothing left
+        candidate = Isolation(bwrap, tuple(flags), cover)
+        probe = _execute(_PROC_SCAN, timeout_s=20.0, audit_hook=False, namespaces=True, isolation=candidate)
+        if probe.status != "passed":
+            why = (probe.stderr.strip().splitlines() or [probe.status])[-1]
+            return Isolation(None, reason=f"{bwrap} cannot start Python in new namespaces here ({why})")
+        writable = tuple(probe.stdout.split())
+        if not writable:
+            return candidate
+        cover += tuple(name for name in writable if name not in cover)
+    return Isolation(None, reason=f"{bwrap}'s sandbox can still write /proc/{', /proc/'.join(writable)}")
 
 
-def _execute(code: str, timeout_s: float, memory_mb: int, max_file_mb: int, max_output_chars: int,
-             audit_hook: bool) -> SandboxResult:
-    """``audit_hook=False`` exists only so tests can show the other layers hold on their own."""
+# ----------------------------------------------------------------------------- seccomp
+
+# A classic-BPF seccomp filter (the kernel's Documentation/userspace-api/seccomp_filter.rst) that refuses
+# new processes: fork, vfork, and clone without CLONE_THREAD fail with EPERM; clone3, whose flags a
+# filter cannot read, fails with ENOSYS, so the C library falls back to clone for threads. Why: under
+# root the sandbox user is uid 0 outside, which the kernel exempts from RLIMIT_NPROC, so without this
+# a fork bomb that got past the audit hook would exhaust the machine's processes for its timeout.
+# Syscall numbers from the kernel's syscall tables: (audit arch, clone, clone3, fork/vfork).
+_SECCOMP_ARCHS = {
+    "x86_64": (0xC000003E, 56, 435, (57, 58)),
+    "aarch64": (0xC00000B7, 220, 435, ()),
+}
+_X32_SYSCALL_BIT = 0x40000000
+_CLONE_THREAD = 0x00010000
+_RET_ALLOW, _RET_EPERM, _RET_ENOSYS = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38
+_LD_ABS, _JEQ, _JGE, _JSET, _RET = 0x20, 0x15, 0x35, 0x45, 0x06  # BPF_LD|W|ABS, BPF_JMP|.. |K, BPF_RET|K
+
+
+def seccomp_filter(machine: str | None = None) -> bytes | None:
+    """The filter as bwrap's ``--seccomp`` reads it (struct sock_filter[]); None on other architectures."""
+    arch = _SECCOMP_ARCHS.get(machine or platform.machine())
+    if arch is None:
+        return None
+    audit_arch, clone, clone3, forks = arch
+    # (code, jump if true, jump if false, k) with named targets; "next" falls through
+    program = [
+        (_LD_ABS, None, None, 4),  # seccomp_data.arch
+        (_JEQ, "next", "eperm", audit_arch),  # another ABI (e.g. int 0x80): refuse
+        (_LD_ABS, None, None, 0),  # seccomp_data.nr
+        (_JGE, "eperm", "next", _X32_SYSCALL_BIT),  # x32 calls: refuse
+        *[(_JEQ, "eperm", "next", nr) for nr in forks],
+        (_JEQ, "enosys", "next", clone3),
+        (_JEQ, "next", "allow", clone),
+        (_LD_ABS, None, None, 16),  # low half of seccomp_data.args[0]: clone's flags
+        (_JSET, "allow", "eperm", _CLONE_THREAD),
+    ]
+    returns = {"allow": _RET_ALLOW, "eperm": _RET_EPERM, "enosys": _RET_ENOSYS}
+    where = {name: len(program) + i for i, name in enumerate(returns)}
+
+    def offset(i: int, target: str | None) -> int:
+        return 0 if target in (None, "next") else where[target] - i - 1
+
+    out = [(code, offset(i, t), offset(i, f), k) for i, (code, t, f, k) in enumerate(program)]
+    out += [(_RET, 0, 0, value) for value in returns.values()]
+    return b"".join(struct.pack("=HBBI", *ins) for ins in out)
+
+
+# ----------------------------------------------------------------------------- one run
+
+
+def _execute(code: str, *, timeout_s: float = 5.0, memory_mb: int = 512, max_file_mb: int = 8,
+             max_output_chars: int = 4000, audit_hook: bool = True, landlock: bool = True,
+             namespaces: bool = True, seccomp: bool = True, isolation: Isolation | None = None) -> SandboxResult:
+    """One sandboxed run. ``audit_hook``/``landlock``/``namespaces``/``seccomp`` off exist so tests can
+    show what each layer does; ``isolation`` is for the probe (default: :func:`kernel_isolation`)."""
+    if namespaces:
+        isolation = isolation or kernel_isolation()
+        if not isolation.available:
+            raise SandboxUnavailable(f"no kernel isolation: {isolation.reason}")
     root = tempfile.mkdtemp(prefix="capscale-sandbox-")
     try:
         workdir = os.path.join(root, "work")
         os.mkdir(workdir, 0o700)
         with open(os.path.join(workdir, PROGRAM_NAME), "w", encoding="utf-8") as f:
             f.write(code)
-        config = {
-            "workdir": workdir,
-            "program": PROGRAM_NAME,
-            "timeout_s": timeout_s,
-            "memory_mb": memory_mb,
-            "max_file_mb": max_file_mb,
-            "audit_hook": audit_hook,
-        }
-        config_path = os.path.join(root, "config.json")
-        with open(config_path, "w", encoding="utf-8") as f:
-            json.dump(config, f)
-        out_path = os.path.join(root, "stdout")
-        err_path = os.path.join(root, "stderr")
+        open(os.path.join(root, "empty"), "wb").close()  # hides files of /proc (see PROC_COVER)
+        token = secrets.token_hex(16).encode()
+        token_read, token_write = os.pipe()
+        report_read, report_write = os.pipe()
+        os.write(token_write, token)
+        os.close(token_write)
+        config = {"workdir": SANDBOX_WORKDIR if namespaces else workdir, "program": PROGRAM_NAME,
+                  "timeout_s": timeout_s, "memory_mb": memory_mb, "max_file_mb": max_file_mb,
+                  "audit_hook": audit_hook, "landlock": landlock, "namespaced": namespaces,
+                  "token_fd": token_read, "report_fd": report_write}
+        pass_fds, seccomp_fd = (token_read, report_write), None
+        if namespaces:
+            bpf = seccomp_filter() if seccomp else None
+            if bpf is not None:
+                with open(os.path.join(root, "seccomp.bpf"), "wb") as f:
+                    f.write(bpf)
+                seccomp_fd = os.open(os.path.join(root, "seccomp.bpf"), os.O_RDONLY)
+                pass_fds += (seccomp_fd,)
+            command = _bwrap_command(isolation, root, seccomp_fd,
+                                     _child_command(SANDBOX_HARNESS, json.dumps(config)))
+        else:
+            command = _child_command(os.path.abspath(sandbox_child.__file__), json.dumps(config))
+        out_path, err_path = os.path.join(root, "stdout"), os.path.join(root, "stderr")
         start = time.monotonic()
         try:
-            returncode, timed_out = _spawn_and_wait(config_path, workdir, out_path, err_path, timeout_s)
+            returncode, timed_out = _spawn_and_wait(command, workdir, out_path, err_path, timeout_s, pass_fds)
         except OSError as e:
             return SandboxResult(False, "error", None, "", f"sandbox could not start: {e}",
                                  time.monotonic() - start)
+        finally:
+            for fd in pass_fds:
+                os.close(fd)
+            report = _read_available(report_read)
+            os.close(report_read)
         seconds = time.monotonic() - start
         stdout = _read_tail(out_path, max_output_chars)
-        layers, stderr_all = _split_layers_line(_read_all(err_path))
-        status = _classify(returncode, timed_out, BLOCKED_MARKER in stderr_all)
+        child_layers, stderr_all = _split_layers_line(_read_all(err_path))
+        blocked = BLOCKED_MARKER in stderr_all or any(line.startswith(BLOCKED_RECORD) for line in report)
+        finished = END_RECORD + token in report
+        status = _classify(returncode, timed_out, blocked, finished, namespaces)
+        if namespaces:
+            kernel = (NAMESPACES_LAYER, SECCOMP_LAYER if seccomp_fd is not None else
+                      f"no-seccomp({platform.machine() if seccomp else 'off'})")
+        else:
+            kernel = ("no-namespaces",)
+        layers = kernel + child_layers
         return SandboxResult(status == "passed", status, returncode, stdout,
                              stderr_all[-max_output_chars:] if max_output_chars > 0 else "", seconds, layers)
     finally:
         _remove_tree(root)
 
 
-def _child_command(config_path: str) -> list[str]:
+def _child_command(harness: str, config_json: str) -> list[str]:
     """-s: no user site-packages; -B: never write .pyc; -P (3.11+): no script dir on sys.path.
-    Not -I/-E: the environment is built from scratch below, and PYTHONHASHSEED must apply."""
+    Not -I/-E: the environment is built from scratch, and PYTHONHASHSEED must apply."""
     flags = ["-s", "-B"] + (["-P"] if sys.version_info >= (3, 11) else [])
-    return [sys.executable, *flags, os.path.abspath(__file__), config_path]
+    return [sys.executable, *flags, harness, config_json]
 
 
 def _child_env(workdir: str) -> dict[str, str]:
@@ -143,15 +314,54 @@ def _child_env(workdir: str) -> dict[str, str]:
     }
 
 
-def _spawn_and_wait(config_path: str, workdir: str, out_path: str, err_path: str,
-                    timeout_s: float) -> tuple[int, bool]:
-    """Start the child in its own session and wait; the whole group is killed before the
-    child is reaped, so its pid (= the group id) cannot have been reused by then."""
+def _bwrap_command(isolation: Isolation, root: str, seccomp_fd: int | None, child: list[str]) -> list[str]:
+    """bwrap's arguments: namespaces, identity, environment, then the mounts in order (the root tmpfs is
+    made read-only last, so only /sandbox, the run's ``root``/work, stays writable)."""
+    env = [arg for name, value in _child_env(SANDBOX_WORKDIR).items() for arg in ("--setenv", name, value)]
+    mounts = []
+    for path in SYSTEM_DIRS:
+        if os.path.islink(path):  # merged /usr: /bin -> usr/bin
+            mounts += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            mounts += ["--ro-bind", path, path]
+    mounts += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
+    for path in _python_dirs():
+        mounts += ["--ro-bind", path, path]
+    mounts += ["--ro-bind", os.path.abspath(sandbox_child.__file__), SANDBOX_HARNESS,
+               "--bind", os.path.join(root, "work"), SANDBOX_WORKDIR, "--proc", "/proc"]
+    empty = os.path.join(root, "empty")  # an empty file _execute made
+    for name in isolation.proc_cover:
+        path = f"/proc/{name}"
+        if os.path.isdir(path):
+            mounts += ["--tmpfs", path, "--remount-ro", path]
+        else:
+            mounts += ["--ro-bind", empty, path]
+    mounts += ["--dev", "/dev", "--remount-ro", "/dev", "--remount-ro", "/"]
+    seccomp = ["--seccomp", str(seccomp_fd)] if seccomp_fd is not None else []
+    return [isolation.bwrap, *isolation.flags, *seccomp, "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
+            "--hostname", "sandbox", "--clearenv", *env, *mounts, "--chdir", SANDBOX_WORKDIR, "--", *child]
+
+
+def _python_dirs() -> list[str]:
+    """The Python installation (and a virtualenv's), outside the system directories already bound."""
+    dirs = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+            os.path.dirname(os.path.dirname(os.path.realpath(sys.executable)))}
+    covered = lambda d: any(d == s or d.startswith(s + os.sep) for s in SYSTEM_DIRS)  # noqa: E731
+    chosen: list[str] = []
+    for d in sorted(os.path.abspath(d) for d in dirs):
+        if os.path.isdir(d) and not covered(d) and not any(d.startswith(c + os.sep) for c in chosen):
+            chosen.append(d)
+    return chosen
+
+
+def _spawn_and_wait(command: list[str], cwd: str, out_path: str, err_path: str, timeout_s: float,
+                    pass_fds: tuple[int, ...]) -> tuple[int, bool]:
+    """Start the sandbox in its own session and wait; the whole group is killed before the child is
+    reaped, so its pid (= the group id) cannot have been reused by then. Inside bwrap the PID namespace
+    takes the rest down when bwrap goes."""
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        proc = subprocess.Popen(
-            _child_command(config_path), cwd=workdir, env=_child_env(workdir),
-            stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True, close_fds=True,
-        )
+        proc = subprocess.Popen(command, cwd=cwd, env=_child_env(cwd), stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=err, start_new_session=True, close_fds=True, pass_fds=pass_fds)
     exited = _wait_without_reaping(proc.pid, timeout_s)
     try:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -177,17 +387,36 @@ def _wait_without_reaping(pid: int, timeout_s: float) -> bool:
         delay = min(delay * 2, 0.02)
 
 
-def _classify(returncode: int, timed_out: bool, blocked: bool) -> str:
-    """A refused operation outranks everything: it fails the run even if the program went on."""
+def _classify(returncode: int, timed_out: bool, blocked: bool, finished: bool, namespaces: bool) -> str:
+    """A refused operation outranks everything: it fails the run even if the program went on. Exit
+    status 0 without the end token means the program stopped before its end. bwrap reports a child
+    killed by signal N as exit status 128 + N."""
     if blocked or returncode == EXIT_BLOCKED:
         return "blocked"
-    if timed_out or returncode == -signal.SIGXCPU:
+    if timed_out or returncode == -signal.SIGXCPU or (namespaces and returncode == 128 + signal.SIGXCPU):
         return "timeout"
     if returncode == EXIT_MEMORY:
         return "memory"
     if returncode == EXIT_SANDBOX_ERROR:
         return "error"
-    return "passed" if returncode == 0 else "failed"
+    if returncode != 0:
+        return "failed"
+    return "passed" if finished else "exited"
+
+
+def _read_available(fd: int, limit: int = 1 << 16) -> list[bytes]:
+    """The report pipe's lines; non-blocking, since without namespaces a leftover process may hold it open."""
+    os.set_blocking(fd, False)
+    data = b""
+    while len(data) < limit:
+        try:
+            chunk = os.read(fd, limit)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data.splitlines()
 
 
 def _read_all(path: str) -> str:
@@ -223,325 +452,3 @@ def _remove_tree(root: str) -> None:
             except OSError:
                 pass
     shutil.rmtree(root, ignore_errors=True)
-
-
-# ----------------------------------------------------------------------------- child side
-
-
-class SandboxViolation(PermissionError):
-    """Raised in the program when the audit hook refuses an operation."""
-
-
-def _child_main(config_path: str) -> None:
-    try:
-        with open(config_path, encoding="utf-8") as f:
-            config = json.load(f)
-        workdir = os.path.realpath(config["workdir"])
-        os.chdir(workdir)
-        os.umask(0o077)
-        with open(os.path.join(workdir, config["program"]), encoding="utf-8") as f:
-            source = f.read()
-        layers = [_apply_rlimits(config), _landlock_restrict_writes(workdir)]
-        import linecache  # noqa: F401  -- loaded before the hook: printing a traceback needs nothing new
-        import traceback
-        violations: list[str] = []
-        if config["audit_hook"]:
-            _disable_fork_exec(violations)
-            sys.addaudithook(_make_audit_hook(workdir, violations))
-            layers.append("audit-hook")
-        os.write(2, f"{LAYERS_PREFIX} {','.join(x.replace(',', ';') for x in layers)}\n".encode())
-    except Exception as e:  # the sandbox itself failed; never run the program half-contained
-        os.write(2, f"capscale sandbox setup failed: {e!r}\n".encode())
-        os._exit(EXIT_SANDBOX_ERROR)
-    status = _run_program(source, os.path.join(workdir, config["program"]), traceback)
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(EXIT_BLOCKED if violations else status)
-
-
-def _run_program(source: str, filename: str, traceback) -> int:
-    """Run as a real ``__main__`` module (so pickling and ``if __name__`` work); return an exit status."""
-    import types
-
-    module = types.ModuleType("__main__")
-    module.__file__ = filename
-    sys.modules["__main__"] = module
-    sys.argv = [filename]
-    try:
-        exec(compile(source, filename, "exec"), module.__dict__)
-        return 0
-    except SystemExit as e:
-        if e.code is None or e.code == 0:
-            return 0
-        if isinstance(e.code, int) and 0 < e.code < 256:
-            return e.code
-        if not isinstance(e.code, int):
-            print(e.code, file=sys.stderr)
-        return 1  # also for codes that would wrap to 0 as an exit status
-    except MemoryError:
-        os.write(2, b"MemoryError: the program exceeded the sandbox memory limit\n")
-        return EXIT_MEMORY
-    except BaseException as e:
-        try:  # skip this function's frame: the traceback starts in the program
-            traceback.print_exception(type(e), e, e.__traceback__.tb_next)
-        except BaseException:
-            pass
-        return 1
-
-
-def _apply_rlimits(config: dict) -> str:
-    cpu = int(config["timeout_s"]) + 1
-    _lower_limit(resource.RLIMIT_CPU, cpu, cpu + 1)  # SIGXCPU at cpu s, SIGKILL a second later
-    _lower_limit(resource.RLIMIT_AS, config["memory_mb"] * 2**20)
-    _lower_limit(resource.RLIMIT_FSIZE, config["max_file_mb"] * 2**20)
-    _lower_limit(resource.RLIMIT_NOFILE, 64)
-    _lower_limit(resource.RLIMIT_CORE, 0)
-    # Counted per user, not per process tree: allow what this user already runs plus a few.
-    _lower_limit(resource.RLIMIT_NPROC, _count_user_tasks(os.getuid()) + 32)
-    return "rlimits"
-
-
-def _lower_limit(which: int, soft: int, hard: int | None = None) -> None:
-    """Lower (never raise) a limit; an unprivileged process cannot go above its hard limit."""
-    hard = soft if hard is None else hard
-    _, current_hard = resource.getrlimit(which)
-    if current_hard != resource.RLIM_INFINITY:
-        soft, hard = min(soft, current_hard), min(hard, current_hard)
-    resource.setrlimit(which, (soft, hard))
-
-
-def _count_user_tasks(uid: int) -> int:
-    """Threads of all processes whose real uid is ``uid`` (what RLIMIT_NPROC counts)."""
-    total = 0
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/status", encoding="utf-8", errors="replace") as f:
-                fields = dict(line.split(":", 1) for line in f if ":" in line)
-        except OSError:
-            continue
-        if fields.get("Uid", "").split()[:1] == [str(uid)]:
-            total += int(fields.get("Threads", "1").strip() or 1)
-    return total
-
-
-# Landlock (see the kernel's Documentation/userspace-api/landlock.rst). Syscall numbers
-# 444-446 are the same on every architecture.
-_SYS_LANDLOCK_CREATE_RULESET = 444
-_SYS_LANDLOCK_ADD_RULE = 445
-_SYS_LANDLOCK_RESTRICT_SELF = 446
-_LANDLOCK_CREATE_RULESET_VERSION = 1
-_LANDLOCK_RULE_PATH_BENEATH = 1
-_PR_SET_NO_NEW_PRIVS = 38
-_FS_WRITE_FILE = 1 << 1
-_FS_WRITE_RIGHTS_ABI1 = (
-    _FS_WRITE_FILE
-    | (1 << 4) | (1 << 5)  # remove dir, remove file
-    | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12)  # make char/dir/reg/sock/fifo/block/sym
-)
-_FS_REFER = 1 << 13  # ABI 2: rename/link across directories
-_FS_TRUNCATE = 1 << 14  # ABI 3
-_NET_BIND_AND_CONNECT_TCP = (1 << 0) | (1 << 1)  # ABI 4
-_SCOPE_ABSTRACT_UNIX_AND_SIGNAL = (1 << 0) | (1 << 1)  # ABI 6
-
-
-def _landlock_restrict_writes(workdir: str) -> str:
-    """Let the kernel refuse writes outside ``workdir``; reads and execution stay allowed.
-    Returns the layer's name, or why it is not in force (never raises)."""
-    try:
-        import ctypes
-    except ImportError as e:
-        return f"no-landlock({e})"
-
-    class RulesetAttr(ctypes.Structure):
-        _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64),
-                    ("scoped", ctypes.c_uint64)]
-
-    class PathBeneathAttr(ctypes.Structure):
-        _pack_ = 1
-        _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
-
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        syscall = libc.syscall
-        syscall.restype = ctypes.c_long
-        prctl = libc.prctl
-        prctl.restype = ctypes.c_int
-    except (OSError, AttributeError) as e:
-        return f"no-landlock({e})"
-
-    def fail(what: str) -> str:
-        return f"no-landlock({what}: {os.strerror(ctypes.get_errno())})"
-
-    abi = syscall(ctypes.c_long(_SYS_LANDLOCK_CREATE_RULESET), None, ctypes.c_size_t(0),
-                  ctypes.c_uint32(_LANDLOCK_CREATE_RULESET_VERSION))
-    if abi < 1:
-        return fail("unsupported")
-    fs = _FS_WRITE_RIGHTS_ABI1 | (_FS_REFER if abi >= 2 else 0) | (_FS_TRUNCATE if abi >= 3 else 0)
-    attr = RulesetAttr(fs, _NET_BIND_AND_CONNECT_TCP if abi >= 4 else 0,
-                       _SCOPE_ABSTRACT_UNIX_AND_SIGNAL if abi >= 6 else 0)
-    attr_size = 8 if abi < 4 else 16 if abi < 6 else 24
-    ruleset = syscall(ctypes.c_long(_SYS_LANDLOCK_CREATE_RULESET), ctypes.byref(attr),
-                      ctypes.c_size_t(attr_size), ctypes.c_uint32(0))
-    if ruleset < 0:
-        return fail("create_ruleset")
-    file_rights = _FS_WRITE_FILE | (_FS_TRUNCATE if abi >= 3 else 0)
-    rules = [(workdir, fs)] + ([("/dev/null", file_rights)] if os.path.exists("/dev/null") else [])
-    try:
-        for path, rights in rules:
-            try:
-                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-            except OSError as e:
-                return f"no-landlock(open {path}: {e.strerror})"
-            try:
-                rule = PathBeneathAttr(rights, fd)
-                if syscall(ctypes.c_long(_SYS_LANDLOCK_ADD_RULE), ctypes.c_int(ruleset),
-                           ctypes.c_int(_LANDLOCK_RULE_PATH_BENEATH), ctypes.byref(rule), ctypes.c_uint32(0)) != 0:
-                    return fail(f"add_rule {path}")
-            finally:
-                os.close(fd)
-        if prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-            return fail("no_new_privs")
-        if syscall(ctypes.c_long(_SYS_LANDLOCK_RESTRICT_SELF), ctypes.c_int(ruleset), ctypes.c_uint32(0)) != 0:
-            return fail("restrict_self")
-    finally:
-        os.close(ruleset)
-    return f"landlock-abi{abi}"
-
-
-# Audit hook policy. Event names and argument positions: CPython's "Audit events table".
-_WRITE_OPEN_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
-_WRITABLE_OUTSIDE = ("/dev/null",)
-# event -> ((index of a path argument, index of its dir_fd argument or None), ...)
-_PATH_EVENTS: dict[str, tuple[tuple[int, int | None], ...]] = {
-    "os.remove": ((0, 1),),
-    "os.rmdir": ((0, 1),),
-    "os.mkdir": ((0, 2),),
-    "os.chmod": ((0, 2),),
-    "os.chown": ((0, 3),),
-    "os.utime": ((0, 3),),
-    "os.truncate": ((0, None),),
-    "os.setxattr": ((0, None),),
-    "os.removexattr": ((0, None),),
-    "os.chflags": ((0, None),),
-    "os.lchflags": ((0, None),),
-    "os.rename": ((0, 2), (1, 3)),  # also os.replace
-    "os.link": ((0, 2), (1, 3)),  # a hard link to an outside file would make it writable
-    "os.symlink": ((1, 2),),  # the target is checked separately
-    "shutil.rmtree": ((0, 1),),
-    "shutil.chown": ((0, None),),
-    "shutil.move": ((0, None), (1, None)),
-    "shutil.copyfile": ((1, None),),
-    "shutil.copymode": ((1, None),),
-    "shutil.copystat": ((1, None),),
-    "shutil.copytree": ((1, None),),
-}
-_PROCESS_EVENTS = frozenset({
-    "os.fork", "os.forkpty", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.startfile",
-    "subprocess.Popen", "pty.spawn", "os.kill", "os.killpg", "resource.setrlimit", "resource.prlimit",
-})
-_AF_UNIX = 1  # socket.AF_UNIX on Linux and macOS: local socket pairs (asyncio) stay allowed
-
-
-def _make_audit_hook(workdir: str, violations: list[str]):
-    """The hook records every refusal (so catching the exception does not hide it), writes a
-    marker to stderr (seen by the parent even after os._exit), then raises."""
-    root = os.path.realpath(workdir)
-
-    def hook(event: str, args: tuple) -> None:
-        if event in _PATH_EVENTS or event in _PROCESS_EVENTS or event == "open" \
-                or event.startswith(("ctypes.", "socket.")):
-            reason = refusal_reason(event, args, root)
-            if reason is not None:
-                violations.append(reason)
-                try:
-                    os.write(2, f"\n{BLOCKED_MARKER} {reason}\n".encode("utf-8", "replace"))
-                except OSError:
-                    pass
-                raise SandboxViolation(f"capscale sandbox refused {reason}")
-
-    return hook
-
-
-def refusal_reason(event: str, args: tuple, root: str) -> str | None:
-    """Why the audit hook refuses ``event`` (None: allowed). ``root`` is the working directory's real path."""
-    if event == "open":
-        path, flags = args[0], args[2] if len(args) > 2 else 0
-        if isinstance(path, int) or not flags & _WRITE_OPEN_FLAGS:
-            return None  # reading, or an already open descriptor
-        if _resolve(path) in _WRITABLE_OUTSIDE or _is_inside(path, None, root):
-            return None
-        return f"open for writing outside the working directory: {path!r}"
-    if event in _PATH_EVENTS:
-        for path_index, dir_fd_index in _PATH_EVENTS[event]:
-            dir_fd = args[dir_fd_index] if dir_fd_index is not None and dir_fd_index < len(args) else None
-            if not _is_inside(args[path_index], dir_fd, root):
-                return f"{event} outside the working directory: {args[path_index]!r}"
-        if event == "os.symlink" and not _symlink_target_inside(args[0], args[1], root):
-            return f"os.symlink to outside the working directory: {args[0]!r}"
-        return None
-    if event in _PROCESS_EVENTS:
-        return f"{event} (no processes, signals or limit changes in the sandbox)"
-    if event.startswith("ctypes."):
-        return f"{event} (no ctypes in the sandbox)"
-    if event.startswith("socket."):
-        if event == "socket.gethostname" or (event == "socket.__new__" and args[1] == _AF_UNIX):
-            return None
-        return f"{event} (no network in the sandbox)"
-    return None
-
-
-def _resolve(path, dir_fd: int | None = None) -> str:
-    """Real absolute path of a path or descriptor (via /proc/self/fd); '' when unknowable."""
-    try:
-        if isinstance(path, int):
-            return os.path.realpath(os.readlink(f"/proc/self/fd/{path}"))
-        path = os.fsdecode(os.fspath(path))
-        if not os.path.isabs(path) and dir_fd not in (None, -1):
-            path = os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), path)
-        return os.path.realpath(path)
-    except (OSError, TypeError, ValueError):
-        return ""
-
-
-def _is_inside(path, dir_fd: int | None, root: str) -> bool:
-    real = _resolve(path, dir_fd)
-    return real == root or real.startswith(root + os.sep)
-
-
-def _symlink_target_inside(target, link, root: str) -> bool:
-    """A link inside pointing outside would make the outside writable through it."""
-    try:
-        target = os.fsdecode(os.fspath(target))
-        link = os.fsdecode(os.fspath(link))
-    except (TypeError, ValueError):
-        return False
-    if not os.path.isabs(target):
-        target = os.path.join(os.path.dirname(os.path.abspath(link)), target)
-    return _is_inside(target, None, root)
-
-
-def _disable_fork_exec(violations: list[str]) -> None:
-    """multiprocessing's spawn/forkserver call _posixsubprocess.fork_exec, which has no audit event."""
-    try:
-        import _posixsubprocess
-    except ImportError:
-        return
-
-    def refuse(*args, **kwargs):
-        violations.append("_posixsubprocess.fork_exec")
-        try:
-            os.write(2, f"\n{BLOCKED_MARKER} _posixsubprocess.fork_exec\n".encode())
-        except OSError:
-            pass
-        raise SandboxViolation("capscale sandbox refused _posixsubprocess.fork_exec")
-
-    _posixsubprocess.fork_exec = refuse
-
-
-if __name__ == "__main__":
-    _child_main(sys.argv[1])
