@@ -29,16 +29,26 @@ if "torch" not in sys.modules:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from capscale.errors import CapscaleError  # noqa: E402
+from capscale.toyladder.corpus import RECIPES  # noqa: E402
 from capscale.toyladder.ladder import PRESETS, format_table, plan, spec_dict, write_spec  # noqa: E402
 
 FAMILY = "toy"
 LAYOUT_VERSION = 2
 
 
+def family_for(recipe: str) -> str:
+    """Recipe A keeps the original family name ``toy``; recipe B is ``toy-b`` (models toy-b-s1, ...)."""
+    return FAMILY if recipe == "A" else f"{FAMILY}-{recipe.lower()}"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="full",
                         help="smoke: whole ladder in under a minute (tests); full: the real ladder, under 30 min on 2 cores")
-    parser.add_argument("--out", help="output folder (default runs/toy-<preset>); re-run to resume")
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="A",
+                        help="document mix of the corpus (A: the original; B: more arithmetic and proverbs, "
+                             "fewer facts and copies); same sizes, tokenizer and tasks")
+    parser.add_argument("--out", help="output folder (default runs/toy-<preset>, runs/toy-<preset>-b for "
+                                      "recipe B); re-run to resume")
     parser.add_argument("--seed", type=int, default=0, help="seed of the world, corpus, init and data order")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--runs", help="comma-separated subset of runs to train (e.g. s1,s2); default all")
@@ -47,9 +57,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def check_plan_file(out: Path, preset: str, seed: int) -> None:
-    """Refuse to mix two presets or seeds in one folder: resumed checkpoints would be wrong."""
+def check_plan_file(out: Path, preset: str, seed: int, recipe: str = "A") -> None:
+    """Refuse to mix two presets, seeds or recipes in one folder: resumed checkpoints would be wrong."""
     want = {"preset": preset, "seed": seed, "layout": LAYOUT_VERSION}
+    if recipe != "A":  # recipe A folders written before recipes existed stay valid
+        want["recipe"] = recipe
     path = out / "plan.json"
     if path.exists():
         have = json.loads(path.read_text())
@@ -60,8 +72,11 @@ def check_plan_file(out: Path, preset: str, seed: int) -> None:
     path.write_text(json.dumps(want))
 
 
-def corpus_and_tokenizer(out: Path, world, preset, seed: int, progress: bool):
-    """Build (or reload) the tokenizer and the packed token stream; both written atomically."""
+def corpus_and_tokenizer(out: Path, world, preset, seed: int, progress: bool, recipe: str = "A"):
+    """Build (or reload) the tokenizer and the packed token stream; both written atomically.
+
+    The tokenizer is always trained on recipe A's first documents, so every recipe shares one
+    vocabulary (as data-recipe comparisons such as DataDecide hold the tokenizer fixed)."""
     import numpy as np
     from transformers import AutoTokenizer
 
@@ -72,8 +87,9 @@ def corpus_and_tokenizer(out: Path, world, preset, seed: int, progress: bool):
     if tok_dir.exists() and tokens_path.exists():
         return AutoTokenizer.from_pretrained(tok_dir), np.load(tokens_path)
     t0 = time.perf_counter()
-    docs = documents(world, seed, preset.corpus_docs)
-    tokenizer = train_tokenizer(docs[: preset.tokenizer_docs], preset.vocab_size, model_max_length=128)
+    docs = documents(world, seed, preset.corpus_docs, recipe)
+    tokenizer_docs = docs if recipe == "A" else documents(world, seed, preset.tokenizer_docs)
+    tokenizer = train_tokenizer(tokenizer_docs[: preset.tokenizer_docs], preset.vocab_size, model_max_length=128)
     stream = pack(tokenizer, docs)
     tokens_path.parent.mkdir(parents=True, exist_ok=True)
     (out / "corpus" / "sample.txt").write_text("\n\n".join(docs[:300]) + "\n")
@@ -96,7 +112,7 @@ def relative(path: Path, start: Path) -> str:
 
 
 def write_specs(out: Path, task_paths: dict, metas: list[dict], ladder_out: str | None,
-                extra_task_paths: dict | None = None) -> Path:
+                extra_task_paths: dict | None = None, family: str = FAMILY) -> Path:
     """``out/ladder.yaml`` (self-contained: out/tasks) and optionally a spec at ``ladder_out``
     that points at ``extra_task_paths`` (e.g. the shipped evals/tasks/toy) when given."""
     from capscale.toyladder.tasks import GEN_TASKS, MC_TASKS
@@ -105,7 +121,7 @@ def write_specs(out: Path, task_paths: dict, metas: list[dict], ladder_out: str 
         tasks = [relative(tasks_by_name[n], where) for n in MC_TASKS]
         gen = [relative(tasks_by_name[n], where) for n in GEN_TASKS]
         moved = [dict(m, path=relative(out / m["path"], where)) for m in metas]
-        return spec_dict(FAMILY, tasks, gen, moved)
+        return spec_dict(family, tasks, gen, moved)
 
     spec_path = out / "ladder.yaml"
     write_spec(spec_path, spec_for(out, task_paths))
@@ -125,15 +141,17 @@ def run(args: argparse.Namespace) -> int:
     from capscale.toyladder.world import make_world
 
     preset = PRESETS[args.preset]
-    out = Path(args.out or f"runs/toy-{preset.name}")
+    recipe = getattr(args, "recipe", "A") or "A"
+    family = family_for(recipe)
+    out = Path(args.out or f"runs/toy-{preset.name}" + ("" if recipe == "A" else f"-{recipe.lower()}"))
     progress = not getattr(args, "no_progress", False)
     torch.set_num_threads(max(1, int(args.threads)))
     t_start = time.perf_counter()
-    check_plan_file(out, preset.name, args.seed)
+    check_plan_file(out, preset.name, args.seed, recipe)
     world = make_world(args.seed)
     task_paths = write_tasks(world, out / "tasks")
     shipped_paths = write_tasks(world, args.tasks_out) if getattr(args, "tasks_out", None) else None
-    tokenizer, stream = corpus_and_tokenizer(out, world, preset, args.seed, progress)
+    tokenizer, stream = corpus_and_tokenizer(out, world, preset, args.seed, progress, recipe)
     configs = plan(preset, args.seed)
     wanted = set(args.runs.split(",")) if getattr(args, "runs", None) else None
     if wanted and not wanted <= {c.name for c in configs}:
@@ -142,14 +160,14 @@ def run(args: argparse.Namespace) -> int:
     for cfg in configs:
         if wanted is None or cfg.name in wanted:
             t0, c0 = time.perf_counter(), time.process_time()
-            train_run(cfg, stream, tokenizer, out / cfg.name, family=FAMILY, progress=progress)
+            train_run(cfg, stream, tokenizer, out / cfg.name, family=family, progress=progress)
             timings[cfg.name] = {"wall_s": round(time.perf_counter() - t0, 1),
                                  "cpu_s": round(time.process_time() - c0, 1)}
         run_metas = completed_run(out / cfg.name, cfg)  # also runs finished by an earlier --runs call
         metas += run_metas
         finals += run_metas[-1:]
         if run_metas:
-            write_specs(out, task_paths, metas, getattr(args, "ladder_out", None), shipped_paths)
+            write_specs(out, task_paths, metas, getattr(args, "ladder_out", None), shipped_paths, family)
     # cpu_s (summed over threads) next to wall_s tells how much a busy machine slowed the run down
     (out / "timings.json").write_text(json.dumps({
         "runs": timings, "total_wall_s": round(time.perf_counter() - t_start, 1),

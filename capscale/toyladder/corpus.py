@@ -23,7 +23,10 @@ from itertools import accumulate
 from capscale.toyladder.world import ADJECTIVES, NOUNS, VERBS, World
 
 DOC_KINDS = ("facts", "arithmetic", "copy", "proverb")
-DOC_WEIGHTS = (0.45, 0.25, 0.18, 0.12)  # share of documents (not tokens)
+DOC_WEIGHTS = (0.45, 0.25, 0.18, 0.12)  # share of documents (not tokens): recipe A
+# Recipes differ only in the document mix (same world, tokenizer, sizes and tasks), like the data
+# recipes of DataDecide: B moves facts into arithmetic and copy into proverbs.
+RECIPES = {"A": DOC_WEIGHTS, "B": (0.25, 0.45, 0.15, 0.15)}
 OPERAND_DIGITS = ((1, 2, 3), (0.1, 0.3, 0.6))
 PROVERB_LEADS = ("As they say, {}.", "Remember: {}.", "Everyone knows that {}.")
 COPY_TEMPLATE = "Note: {s}. Again: {s}."
@@ -55,11 +58,13 @@ def random_sentence(rng: random.Random) -> str:
 class DocumentSampler:
     """Draws documents one at a time; the sequence depends only on (world, seed)."""
 
-    def __init__(self, world: World, seed: int):
+    def __init__(self, world: World, seed: int, recipe: str = "A"):
         self.world = world
-        self.rng = random.Random(f"toy-corpus-{world.seed}-{seed}")
+        # recipe A keeps its original stream; another recipe draws its own documents
+        key = f"toy-corpus-{world.seed}-{seed}" if recipe == "A" else f"toy-corpus-{recipe}-{world.seed}-{seed}"
+        self.rng = random.Random(key)
         self.entity_cum = list(accumulate(world.entity_p.tolist()))
-        self.kind_cum = list(accumulate(DOC_WEIGHTS))
+        self.kind_cum = list(accumulate(RECIPES[recipe]))
         self.proverb_prefixes = {p.prefix() for p in world.proverbs}
 
     def entity(self) -> int:
@@ -95,7 +100,7 @@ class DocumentSampler:
         return getattr(self, kind)()
 
 
-def documents(world: World, seed: int, n: int) -> list[str]:
-    """The first ``n`` documents of the corpus for ``seed``."""
-    sample = DocumentSampler(world, seed)
+def documents(world: World, seed: int, n: int, recipe: str = "A") -> list[str]:
+    """The first ``n`` documents of the corpus of ``recipe`` for ``seed``."""
+    sample = DocumentSampler(world, seed, recipe)
     return [sample() for _ in range(n)]
