@@ -280,3 +280,62 @@ def get_form(name: str) -> Form:
     if name not in FORMS:
         raise KeyError(f"unknown form {name!r}; known: {', '.join(FORMS)}")
     return FORMS[name]
+
+
+# --- loss-to-loss (issue 15) ----------------------------------------------------------------------
+# ``loss_to_loss``  L1 = K * (L0 - E0)^kappa + E1: a shifted power law between two losses of the same
+# models (train -> test, test -> test, or dataset A -> dataset B at matched (N, D)), Brandfonbrener et
+# al. 2024, "Loss-to-loss prediction" (arXiv 2411.12925). L0 enters as a z-score z = (L0 - l0) / ls like
+# every loss input, so the fitted parameters are a = ln(K ls^kappa) and e0 = (E0 - l0) / ls;
+# ``shifted_power_params`` turns them back into (K, E0, kappa, E1). Below E0 the law is undefined:
+# the gap z - e0 is floored at LOSS_GAP_FLOOR there, so a start that puts E0 above a point scores badly
+# instead of failing.
+LOSS_GAP_FLOOR = 1e-9
+
+
+def _loss_gap(t, z):
+    return np.maximum(z["loss"] - t["e0"], LOSS_GAP_FLOOR)
+
+
+def _loss_to_loss(t, z):
+    return t["E1"] + np.exp(t["a"]) * _loss_gap(t, z) ** t["kappa"]
+
+
+def _loss_to_loss_gradient(t, z):
+    gap = _loss_gap(t, z)
+    reducible = np.exp(t["a"]) * gap ** t["kappa"]
+    inside = (z["loss"] - t["e0"]) > LOSS_GAP_FLOOR
+    return {"a": reducible, "e0": np.where(inside, -t["kappa"] * reducible / gap, 0.0),
+            "kappa": reducible * np.log(gap), "E1": np.ones_like(reducible)}
+
+
+LOSS_TO_LOSS = Form(
+    name="loss_to_loss",
+    inputs=("loss",),
+    param_names=("a", "e0", "kappa", "E1"),
+    formula=_loss_to_loss,
+    bounds={"a": (-30.0, 15.0), "e0": (-1e3, 1e3), "kappa": (0.02, 10.0), "E1": (0.0, 1e3)},
+    start_grid={"a": (-3.0, -1.0, 0.0, 1.0), "e0": (-2.5, -4.0, -8.0, -20.0), "kappa": (0.5, 1.0, 2.0),
+                "E1": (0.0, 0.5, 0.9)},
+    grid_scale={"E1": "min_y"},
+    space="log",
+    description="L1 = K (L0 - E0)^kappa + E1  (loss-to-loss, Brandfonbrener et al. 2024)",
+    gradient=_loss_to_loss_gradient,
+)
+FORMS[LOSS_TO_LOSS.name] = LOSS_TO_LOSS
+
+
+def shifted_power_params(params: dict, reference: dict) -> dict:
+    """(K, E0, kappa, E1) in the losses' own units from a loss_to_loss fit's parameters and the
+    normalisation (l0, ls) of its input: E0 = l0 + ls e0 and K = exp(a) / ls^kappa."""
+    l0, ls = reference["loss"]
+    kappa = params["kappa"]
+    return {"K": float(np.exp(params["a"]) / ls ** kappa), "E0": float(l0 + ls * params["e0"]),
+            "kappa": float(kappa), "E1": float(params["E1"])}
+
+
+def normalised_loss_to_loss(physical: dict, reference: dict) -> dict:
+    """The inverse of ``shifted_power_params``: (a, e0, kappa, E1) for a given input normalisation."""
+    l0, ls = reference["loss"]
+    return {"a": float(np.log(physical["K"]) + physical["kappa"] * np.log(ls)), "e0": (physical["E0"] - l0) / ls,
+            "kappa": float(physical["kappa"]), "E1": float(physical["E1"])}
