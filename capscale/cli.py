@@ -560,6 +560,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="DIR", help="write one PNG per task here")
     p.set_defaults(func=cmd_trends)
 
+    from capscale.decidecli import add_parsers as add_decision_parsers  # decide, decide-backtest, transfer
+
+    add_decision_parsers(sub)
+
     try:
         from capscale import toyladder
     except ImportError:
