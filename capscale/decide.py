@@ -18,6 +18,9 @@ default ``--metric``):
   own fit, forecast at the target; ``direct:p_correct`` ranks by the forecast p_correct.
 - ``loss-law:METRIC`` (``capscale.laws.losslaw.LossLawPredictor``): a loss extrapolated by its scale
   law, e.g. ``loss-law:bpb_correct`` ("extrapolated bpb"); plain ``loss-law`` when ``--metric`` is a loss.
+- ``loss-to-loss`` (``LossToLossPredictor``): the scale law of the ``--loss-task`` loss (e.g. a validation
+  loss) mapped to the task's loss by the shifted power law (and, for an accuracy, through ``--loss``
+  and two-step's step 2).
 
 P(A beats B) comes from the forecasts' own predictive draws (the bootstrap over runs, items where
 per-item data exist, and a resampled residual), centred on the point forecast and stretched by the
@@ -50,7 +53,7 @@ from capscale.laws.rolling import SIZE_RTOL, rungs
 from capscale.schema import metric_kind, target_scale
 
 TOO_CLOSE = "too close to call"
-OWN_METHODS = ("single-scale", "loss-law")
+OWN_METHODS = ("single-scale", "loss-law", "loss-to-loss")
 CONTINUOUS = ("bpb_correct", "p_correct")
 RECORD_KEYS = ["task", "target", "method", "rank_metric", "recipe_a", "recipe_b", "value_a", "value_b", "lower_a",
                "upper_a", "lower_b", "upper_b", "p_a_beats_b", "diff", "diff_lower", "diff_upper", "decision",
@@ -286,6 +289,10 @@ def build_predictor(spec: MethodSpec, options):
         from capscale.laws.losslaw import LossLawPredictor
 
         return LossLawPredictor(step1=options.step1, **options.common())
+    if spec.name == "loss-to-loss":  # the source loss is --loss-task, as two-step's "loss from this task"
+        from capscale.laws.losslaw import LossToLossPredictor
+
+        return LossToLossPredictor(step1=options.step1, **options.common())
     from capscale.laws.registry import make_predictor
 
     return make_predictor(spec.name, options)

@@ -183,7 +183,8 @@ def add_decision_options(p: argparse.ArgumentParser, backtest: bool) -> None:
                    + (" (a query only)" if backtest else ""))
     p.add_argument("--metric", default="acc", help="the metric that decides at the target (default acc)")
     p.add_argument("--method", action="append", metavar="NAME[:METRIC]",
-                   help="repeatable: single-scale, loss-law, or a forecasting method (two-step, direct, auto, ...); "
+                   help="repeatable: single-scale, loss-law, loss-to-loss (source: --loss-task), or a forecasting "
+                        "method (two-step, direct, auto, ...); "
                         ":METRIC ranks by another metric (single-scale:bpb_correct, loss-law:bpb_correct, "
                         "direct:p_correct); default: every one the ladder has metrics for")
     p.add_argument("--loss", default="bpb_correct", help="two-step's intermediate loss (default bpb_correct)")

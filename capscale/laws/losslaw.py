@@ -126,8 +126,26 @@ def paired_rows(ladder: pd.DataFrame, source: tuple[str, str], target: tuple[str
     return final_checkpoints(joined) if finals_only else joined.reset_index(drop=True)
 
 
-def fit_loss_to_loss(source: np.ndarray, target: np.ndarray, weights=None) -> FitResult:
-    return fit_form(LOSS_TO_LOSS, {"loss": np.asarray(source, float)}, np.asarray(target, float), weights=weights)
+RAW = {"loss": (0.0, 1.0)}  # fit the map in the losses' own units, so fixed irreducible losses are physical
+
+
+def fit_loss_to_loss(source: np.ndarray, target: np.ndarray, e0: float | None = None,
+                     e1: float | None = None) -> FitResult:
+    """The shifted power law from ``source`` to ``target`` losses. With ``e0`` / ``e1`` (the two losses'
+    irreducible parts, from their own scale laws) only K and kappa are fitted, as Brandfonbrener et al.
+    do: left free, E0 drifts to the smallest source loss and the map cannot extrapolate below it."""
+    source, target = np.asarray(source, float), np.asarray(target, float)
+    if e0 is None and e1 is None:
+        return fit_form(LOSS_TO_LOSS, {"loss": source}, target)
+    fixed = {k: float(v) for k, v in (("e0", e0), ("E1", e1)) if v is not None}
+    if "e0" in fixed and np.any(source <= fixed["e0"]):
+        raise CapscaleError(f"a source loss lies below the source law's irreducible loss {fixed['e0']:.4g}")
+    gap = source - fixed.get("e0", 0.0)
+    lift = np.clip(target - fixed.get("E1", 0.0), 1e-6, None)
+    slope = float(np.polyfit(np.log(gap), np.log(lift), 1)[0]) if len(np.unique(gap)) > 1 else 1.0
+    starts = [{"a": float(np.median(np.log(lift) - kappa * np.log(gap))), "kappa": kappa, "e0": 0.0,
+               "E1": float(np.min(target)) * 0.5} for kappa in (float(np.clip(slope, 0.05, 9.0)), 1.0)]
+    return fit_form(LOSS_TO_LOSS, {"loss": source}, target, fixed=fixed, starts=starts, reference=RAW)
 
 
 class LossToLossPredictor(TaskPredictor):
@@ -138,14 +156,18 @@ class LossToLossPredictor(TaskPredictor):
     ``source_task`` / ``source_metric``: the source loss (``fit(..., loss_task=...)`` overrides the task,
     as for two-step's "take the loss from this task"). ``intermediate``: fit the loss-to-loss map on
     every checkpoint that has both losses (True) or on final checkpoints only. ``step1``: the source
-    law's form; ``step2`` / ``ceiling``: two-step's, for an accuracy."""
+    law's form; ``irreducible``: "laws" fixes the map's E0 and E1 at the irreducible losses of the
+    two losses' own scale laws (Brandfonbrener et al.; only K and kappa are fitted, each bootstrap refit
+    keeps them), "fit" frees all four; ``step2`` / ``ceiling``: two-step's, for an accuracy."""
 
     method_name = "loss-to-loss"
 
     def __init__(self, source_task: str | None = None, source_metric: str = "loss", step1: str = "auto",
-                 intermediate: bool = True, step2: str = "sigmoid_loss", ceiling: str = "auto", level=0.9,
-                 n_boot=1000, seed=0, calibrate=True, n_origins=3, growth=DEFAULT_GROWTH, n_boot_origin=100):
+                 irreducible: str = "laws", intermediate: bool = True, step2: str = "sigmoid_loss",
+                 ceiling: str = "auto", level=0.9, n_boot=1000, seed=0, calibrate=True, n_origins=3,
+                 growth=DEFAULT_GROWTH, n_boot_origin=100):
         super().__init__(level, n_boot, seed, calibrate, n_origins, growth, n_boot_origin)
+        self.irreducible = irreducible
         self.source_task = source_task
         self.source_metric = source_metric
         self.step1 = step1
@@ -172,7 +194,15 @@ class LossToLossPredictor(TaskPredictor):
                                                                             items=items)
         pairs = paired_rows(ladder, (source, self.source_metric), (task, self.loss_metric_), not self.intermediate)
         self.map_data_ = pairs
-        self.map_ = fit_loss_to_loss(pairs["source"], pairs["target"])
+        e0 = e1 = None
+        if self.irreducible == "laws":  # E0, E1: the irreducible losses of the two losses' own scale laws
+            target_law = LossLawPredictor(step1=self.step1, n_boot=0, calibrate=False, n_origins=self.n_origins)
+            target_law.fit(ladder, task, self.loss_metric_)
+            e0, e1 = self.source_law_.fit_.params.get("E", 0.0), target_law.fit_.params.get("E", 0.0)
+            self.target_law_form_ = target_law.form_used_
+        elif self.irreducible != "fit":
+            raise CapscaleError(f"irreducible must be 'laws' or 'fit', got {self.irreducible!r}")
+        self.map_ = fit_loss_to_loss(pairs["source"], pairs["target"], e0, e1)
         self.map_params_ = shifted_power_params(self.map_.params, self.map_.reference)
         self.map_noise_ = pairs["target"].to_numpy(float) - self.map_.predict(loss=pairs["source"].to_numpy(float))
         self._bootstrap_map(pairs, task, source, items)
