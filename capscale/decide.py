@@ -10,8 +10,9 @@ default ``--metric``):
 - ``single-scale``: the ranking at the largest size both recipes have (DataDecide's baseline,
   Magnusson et al. 2025), with tokens per parameter closest to the target's. P is the chance that a
   redraw of the benchmark items keeps the ranking (items resampled, paired when both recipes were
-  scored on the same items; the rows' stderr where there are no items; none without either): the
-  small-scale difference carried forward, not a forecast.
+  scored on the same items; the rows' stderr where there are no items): the small-scale difference
+  carried forward, not a forecast. Without any noise estimate P is the bare ranking (0 or 1) and the
+  pair is never *called* (a decision needs draws on both sides); it is still scored as a ranking.
 - ``single-scale:bpb_correct`` / ``single-scale:p_correct``: the same ranking by a continuous metric
   (DataDecide finds these decide far better at small scale).
 - every forecasting method of the registry (``two-step``, ``direct``, ``auto``, ...): each recipe's
@@ -58,12 +59,13 @@ CONTINUOUS = ("bpb_correct", "p_correct")
 RECORD_KEYS = ["task", "target", "method", "rank_metric", "recipe_a", "recipe_b", "value_a", "value_b", "lower_a",
                "upper_a", "lower_b", "upper_b", "p_a_beats_b", "diff", "diff_lower", "diff_upper", "decision",
                "called", "paired", "method_used_a", "method_used_b", "dropped", "compute_a", "compute_b",
-               "compute_fraction", "actual_a", "actual_b", "actual_winner", "correct", "reason"]
+               "compute_fraction", "actual_a", "actual_b", "actual_gap_se", "actual_winner", "correct", "reason"]
 """One decision: the two recipes' forecasts (value, interval at the level) by the rank metric, P(A beats
 B) on the target metric's sense, the difference A - B with its interval, the decision and whether it was
 called at the level; ``dropped`` (largest rungs left out), compute used per recipe (flops of the runs the
 method read) and its fraction of the target's compute; in a backtest the actual values of ``--metric``,
-the actual winner and whether the decision was right (None when not called or no truth); ``reason``
+the standard error of their difference (from the rows' stderr, where known), the actual winner and
+whether the forced choice was right (None without a truth); ``reason``
 says why a pair has no decision (then p_a_beats_b is null)."""
 
 
@@ -326,7 +328,8 @@ def forecast_beliefs(spec: MethodSpec, train: pd.DataFrame, task: str, metric: s
         value = float(bound(rank, value))
         draws = centred_draws(predictor, value, draws, scale, options.level, rank)
         lo, hi = interval_of(value, draws, options.level)
-        out.append(Belief(value, draws, lo, hi, used, key, compute))
+        note = "" if len(draws) else " (no draws: every bootstrap refit failed)"
+        out.append(Belief(value, draws, lo, hi, used + note, key, compute))
     return out
 
 
@@ -421,12 +424,15 @@ def noise_draws(row, items: pd.Series | None, metric: str, rng, n: int) -> np.nd
 
 def p_beats(a: Belief, b: Belief, metric: str, seed: int) -> tuple[float, np.ndarray, bool]:
     """P(A beats B) on the metric's sense, and the draws of A - B; paired draws where the keys agree,
-    else B's draws shuffled (independent). Without draws: the point comparison (1, 0 or 0.5)."""
+    else B's draws shuffled (independent). One side without draws: its point against the other's draws;
+    neither: the point comparison (1, 0 or 0.5)."""
     s = sense(metric)
+    if len(a.draws) == 0 or len(b.draws) == 0:
+        da = a.draws if len(a.draws) else np.full(max(len(b.draws), 1), a.value)
+        db = b.draws if len(b.draws) else np.full(len(da), b.value)
+        diff = da - db
+        return float(np.mean(s * diff > 0) + 0.5 * np.mean(diff == 0)), np.zeros(0), False
     n = min(len(a.draws), len(b.draws))
-    if n == 0:
-        d = np.array([a.value - b.value])
-        return float(0.5 if d[0] == 0 else float(s * d[0] > 0)), np.zeros(0), False
     paired = a.pair_key is not None and a.pair_key == b.pair_key and len(a.draws) == len(b.draws)
     da, db = a.draws[:n], b.draws[:n]
     if not paired:
@@ -465,6 +471,7 @@ class DecisionRecord:
     compute_fraction: float = math.nan
     actual_a: float | None = None
     actual_b: float | None = None
+    actual_gap_se: float | None = None
     actual_winner: str | None = None
     correct: bool | None = None
     reason: str = ""
@@ -497,16 +504,21 @@ def decide_pair(task: str, target: Target, spec: MethodSpec, metric: str, a: str
     record.p_a_beats_b, record.diff, record.diff_lower, record.diff_upper = p, point, lo, hi
     record.paired = paired
     record.method_used_a, record.method_used_b = belief_a.method_used, belief_b.method_used
-    record.called = p >= level or p <= 1.0 - level
-    record.decision = a if p >= level else b if p <= 1.0 - level else TOO_CLOSE
+    # without draws on both sides (no noise estimate; every refit failed) P is a point comparison:
+    # scored as a ranking, never called at a confidence level
+    record.called = bool(len(belief_a.draws) and len(belief_b.draws)) and (p >= level or p <= 1.0 - level)
+    record.decision = TOO_CLOSE if not record.called else a if p >= level else b
     return record
 
 
-def score(record: DecisionRecord, actual_a: float | None, actual_b: float | None, metric: str) -> None:
+def score(record: DecisionRecord, truth_a: tuple, truth_b: tuple, metric: str) -> None:
     """Fill in the truth of a backtest: the actual winner by --metric (None on an exact tie) and whether
     the forced choice was right: the recipe with the better point forecast (DataDecide's decision
     accuracy ranks by the prediction), P(A beats B) breaking an exact tie."""
+    (actual_a, se_a), (actual_b, se_b) = truth_a, truth_b
     record.actual_a, record.actual_b = actual_a, actual_b
+    if se_a is not None and se_b is not None:
+        record.actual_gap_se = float(math.hypot(se_a, se_b))
     if actual_a is None or actual_b is None:
         record.reason = record.reason or "no actual value for both recipes at this target"
         return
@@ -588,14 +600,31 @@ def decide_task(problem: DecideProblem, train: pd.DataFrame, task: str, targets:
 
 
 def actual_value(held: pd.DataFrame, recipe_col: str, recipe: str, model: str | None, task: str,
-                 metric: str) -> float | None:
+                 metric: str) -> tuple[float | None, float | None]:
+    """(value, stderr) of a held-out target run's final checkpoint; (None, None) without one. The stderr
+    is the row's, else the binomial one of a probability with n_items, else None."""
     if model is None:
-        return None
+        return None, None
     rows = held[(held[recipe_col].astype(str) == recipe) & (held["model"].astype(str) == model)
                 & (held["task"] == task) & (held["metric"] == metric)]
     if rows.empty:
-        return None
-    return float(final_checkpoints(rows)["value"].iloc[0])
+        return None, None
+    row = final_checkpoints(rows).iloc[0]
+    value = float(row["value"])
+    se = float(row["stderr"]) if "stderr" in row and pd.notna(row["stderr"]) else None
+    if se is None and metric_kind(metric).probability and "n_items" in row and pd.notna(row["n_items"]):
+        se = math.sqrt(max(value * (1 - value), 0.0) / max(float(row["n_items"]) - 1, 1.0))
+    return value, se
+
+
+def fill_truth(record: DecisionRecord, held: pd.DataFrame, recipe_col: str, target: Target, task: str,
+               metric: str, backtest: bool) -> None:
+    """The actual outcome at the target, where both recipes have a run there (always scored in a
+    backtest, which then names what is missing)."""
+    truth_a = actual_value(held, recipe_col, record.recipe_a, target.runs.get(record.recipe_a), task, metric)
+    truth_b = actual_value(held, recipe_col, record.recipe_b, target.runs.get(record.recipe_b), task, metric)
+    if backtest or (truth_a[0] is not None and truth_b[0] is not None):
+        score(record, truth_a, truth_b, metric)
 
 
 def tasks_with(table: pd.DataFrame, metric: str, tasks: list[str] | None) -> list[str]:
@@ -663,10 +692,7 @@ def decide(ladder: pd.DataFrame, recipe_col: str, target: str, *, metric: str = 
         records = decide_task(problem, train, task, targets, items)
         for r in records:
             t = next(x for x in targets if x.label == r.target)
-            actual_a = actual_value(held, recipe_col, r.recipe_a, t.runs.get(r.recipe_a), task, metric)
-            actual_b = actual_value(held, recipe_col, r.recipe_b, t.runs.get(r.recipe_b), task, metric)
-            if actual_a is not None and actual_b is not None:  # the target runs exist: say who won
-                score(r, actual_a, actual_b, metric)
+            fill_truth(r, held, recipe_col, t, task, metric, backtest=False)  # target runs exist: who won
         return records
 
     records = [r for chunk in run_parallel(one, names, jobs, progress, "decide") for r in chunk]
@@ -693,9 +719,17 @@ def drop_largest(train: pd.DataFrame, k: int) -> pd.DataFrame:
     return out
 
 
+def gap_is_clear(record) -> bool:
+    """The target runs differ by more than twice the standard error of their difference: a truth that
+    another draw of the benchmark's items would not likely reverse."""
+    se = record["actual_gap_se"]
+    return se is not None and np.isfinite(se) and abs(record["actual_a"] - record["actual_b"]) > 2 * se
+
+
 def summarise(records: list[dict], by: list[str]) -> list[dict]:
-    """Decision accuracy per group: the share of pairs with a truth that the forced choice got right,
-    the share called at the level, and the accuracy of the called ones; compute fraction (median)."""
+    """Decision accuracy per group: the share of pairs with a truth that the forced choice got right
+    (and among the pairs whose target gap is clear, see gap_is_clear), the share called at the level,
+    and the accuracy of the called ones; compute fraction (median)."""
     df = pd.DataFrame(records)
     if df.empty:
         return []
@@ -705,8 +739,11 @@ def summarise(records: list[dict], by: list[str]) -> list[dict]:
         key = key if isinstance(key, tuple) else (key,)
         right = scored.loc[group.index.intersection(scored.index)]
         called = right[right["called"].astype(bool)]
+        clear = right[[gap_is_clear(r) for _, r in right.iterrows()]]
         out.append({**dict(zip(by, key)), "n_pairs": int(len(right)), "n_without_truth": int(len(group) - len(right)),
                     "accuracy": float(right["correct"].astype(float).mean()) if len(right) else None,
+                    "n_clear": int(len(clear)),
+                    "clear_accuracy": float(clear["correct"].astype(float).mean()) if len(clear) else None,
                     "called": float(len(called) / len(right)) if len(right) else None,
                     "called_accuracy": float(called["correct"].astype(float).mean()) if len(called) else None,
                     "compute_fraction": float(group["compute_fraction"].dropna().median())
@@ -746,8 +783,7 @@ def decide_backtest(ladder: pd.DataFrame, recipe_col: str, target: str, *, metri
                          for s in specs for i, a in enumerate(recipes) for b in recipes[i + 1:] for t in targets]
             for r in chunk:
                 t = next(x for x in targets if x.label == r.target)
-                score(r, actual_value(held, recipe_col, r.recipe_a, t.runs.get(r.recipe_a), task, metric),
-                      actual_value(held, recipe_col, r.recipe_b, t.runs.get(r.recipe_b), task, metric), metric)
+                fill_truth(r, held, recipe_col, t, task, metric, backtest=True)
             records += chunk
         return records
 

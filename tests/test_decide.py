@@ -191,8 +191,8 @@ def test_decide_backtest_cli_reports_the_compute_decision_frontier(ladder_csv, t
     result = json.loads(out.read_text())
     assert result["dropped"] == [0, 1, 2]
     summary = pd.DataFrame(result["summary"])
-    assert list(summary.columns) == ["method", "dropped", "n_pairs", "n_without_truth", "accuracy", "called",
-                                     "called_accuracy", "compute_fraction"]
+    assert list(summary.columns) == ["method", "dropped", "n_pairs", "n_without_truth", "accuracy", "n_clear",
+                                     "clear_accuracy", "called", "called_accuracy", "compute_fraction"]
     assert len(summary) == 2 * 3 and summary["n_pairs"].eq(2).all()
     assert summary["accuracy"].between(0, 1).all()
     law = summary[summary["method"] == "loss-law"].set_index("dropped")["compute_fraction"]
@@ -313,3 +313,19 @@ def test_toy_recipe_b_changes_only_the_document_mix(tmp_path):
     check_plan_file(tmp_path, "smoke", 0, "B")
     with pytest.raises(Exception, match="pick another --out"):
         check_plan_file(tmp_path, "smoke", 0, "A")  # a recipe-B folder never resumes as recipe A
+
+
+def test_a_pair_without_draws_is_ranked_but_never_called():
+    """No noise estimate (or every bootstrap refit failed): P is a bare comparison of the points, which
+    a backtest still scores as a ranking, but no decision is called at a confidence level."""
+    from capscale.decide import Belief, MethodSpec, Target, decide_pair
+
+    target = Target("t", {"A": {"flops": 1e20}, "B": {"flops": 1e20}})
+    spread = Belief(0.60, np.random.default_rng(0).normal(0.60, 0.01, 200), 0.58, 0.62)
+    bare = Belief(0.50)
+    for a, b in ((spread, bare), (bare, Belief(0.40))):
+        record = decide_pair("task", target, MethodSpec("direct"), "acc", "A", "B", a, b, 0.9, 0)
+        assert record.p_a_beats_b == 1.0 and not record.called and record.decision == TOO_CLOSE
+    both = decide_pair("task", target, MethodSpec("direct"), "acc", "A", "B", spread,
+                       Belief(0.50, np.random.default_rng(1).normal(0.50, 0.01, 200), 0.48, 0.52), 0.9, 0)
+    assert both.called and both.decision == "A"

@@ -11,6 +11,8 @@ Decision studies (each is exactly ``capscale decide-backtest`` with the argument
                                   12B from <= 2.8B
   toy                             the toy ladder's recipes A (results/toy) and B (results/toy_b): s5
                                   from s1-s4 and s2x5, items resampled (both stores score the same items)
+  toy_bpb                         the same recipes by the task loss at s5 (copy and override tie at
+                                  accuracy 1.0 there, their losses do not)
 Loss-to-loss studies (OpenLM):
   loss_to_loss   per dataset and validation set: fit on <= 411M, forecast the 1.4B / 6.9B runs through
                  the dataset's own validation loss (LossToLossPredictor) beside an independent scale law
@@ -99,6 +101,8 @@ STUDIES = [
                   "params > 3e9", "acc", None, ("single-scale", "direct", "auto"), "nll_correct", where="tokens > 0",
                   max_drop=2),
     DecisionStudy("toy", "Toy recipes A vs B: s5 from s1-s4 (+ s2x5), items paired", tuple(TOY), "params > 3e5", "acc"),
+    DecisionStudy("toy_bpb", "Toy recipes A vs B: lower task loss (bpb_correct) at s5 from s1-s4 (+ s2x5)", tuple(TOY),
+                  "params > 3e5", "bpb_correct", methods=("single-scale", "loss-law")),
 ]
 BY_NAME = {s.name: s for s in STUDIES}
 
@@ -196,8 +200,9 @@ def pct(v) -> str:
 def decision_table(result: dict) -> list[str]:
     summary = pd.DataFrame(result["summary"])
     drops = sorted(summary["dropped"].unique())
-    head = "| method | " + " | ".join(f"acc, {d} dropped (compute)" for d in drops) + " | called / right (0 dropped) |"
-    lines = [head, "|" + "---|" * (len(drops) + 2)]
+    head = ("| method | " + " | ".join(f"acc, {d} dropped (compute)" for d in drops)
+            + " | clear pairs: acc (n), 0 dropped | called / right (0 dropped) |")
+    lines = [head, "|" + "---|" * (len(drops) + 3)]
     for method, group in summary.groupby("method", sort=False):
         g = group.set_index("dropped")
         cells = []
@@ -210,7 +215,8 @@ def decision_table(result: dict) -> list[str]:
                 cells.append(f"{pct(row['accuracy'])} ({frac:.2g})" if frac is not None else pct(row["accuracy"]))
         first = g.loc[drops[0]] if drops[0] in g.index else None
         called = f"{pct(first['called'])} / {pct(first['called_accuracy'])}" if first is not None else "-"
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {called} |")
+        clear = f"{pct(first['clear_accuracy'])} ({first['n_clear']})" if first is not None and first["n_clear"] else "-"
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {clear} | {called} |")
     n = int(summary.loc[summary["dropped"] == drops[0], "n_pairs"].max())
     lines.append("")
     lines.append(f"{n} pairs with a truth at 0 dropped (task x target x pair). `{result['command']}` "
@@ -282,15 +288,17 @@ def write_summary(out: Path) -> Path:
              "Regenerate: `python evals/decisions/run_all.py` (one study: add its name). "
              "Decision accuracy = share of (task, target, recipe pair) with a truth whose ranking was right "
              "(forced choice by the point forecast); in brackets the compute of the runs each method read, as "
-             "a fraction of the target's (median over pairs). *called / right*: share of pairs with "
-             "P(A beats B) >= 0.9 or <= 0.1, and the accuracy among those.", ""]
+             "a fraction of the target's (median over pairs). *clear pairs*: those whose target runs differ by "
+             "more than twice the standard error of the difference (where the table has stderr). "
+             "*called / right*: share of pairs with P(A beats B) >= 0.9 or <= 0.1 and draws on both sides, "
+             "and the accuracy among those.", ""]
     for study in STUDIES:
         path = out / f"{study.name}.json"
         if not path.exists():
             continue
         result = json.loads(path.read_text())
         lines += [f"## {study.name}: {study.title}", "", *decision_table(result), ""]
-        if study.name == "toy":
+        if study.name.startswith("toy"):
             lines += ["Per task at 0 dropped (s5 from s1-s4 and s2x5):", "", *toy_per_task(result), ""]
     for name, title, table in (("loss_to_loss", "Loss-to-loss on the OpenLM testbed (fit <= 411M)", loss_to_loss_table),
                                ("transfer", "Transfer to a new dataset from k runs (OpenLM)", transfer_table)):
