@@ -367,7 +367,8 @@ def cmd_trends(args) -> int:
     source = args.items or (args.ladder if is_results_store(Path(args.ladder)) else None)
     items = load_items(source) if source else None
     report = analyse_ladder(ladder, args.metric, items=items, tasks=args.task, families=args.family,
-                            direction=args.direction, alpha=args.alpha, n_sim=args.n_sim, seed=args.seed)
+                            direction=args.direction, alpha=args.alpha, n_sim=args.n_sim, seed=args.seed,
+                            progress=not args.no_progress)
     for task, family, reason in report.skipped:
         print(f"skipped {task} ({family}): {reason}", file=sys.stderr)
     if not report.results:
@@ -558,6 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drop-nonfinite", action="store_true", help="drop NaN/inf values instead of failing")
     p.add_argument("--json", help="write every result with its evidence here")
     p.add_argument("--plot", metavar="DIR", help="write one PNG per task here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_trends)
 
     try:

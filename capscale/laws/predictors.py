@@ -18,10 +18,13 @@ widened by the ladder's rolling-origin backtests (``calibrate=True``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
+
 from capscale.errors import CapscaleError
-from capscale.ladder import final_checkpoints, metric_series
+from capscale.ladder import LadderError, final_checkpoints, metric_series
 from capscale.laws.base import (
     RUN_KEYS,
     BasePredictor,
@@ -36,8 +39,10 @@ from capscale.laws.base import (
 from capscale.laws.calibration import DEFAULT_GROWTH, calibrate
 from capscale.laws.fitting import FitError, FitResult, fit_form, refit_many
 from capscale.laws.forms import LINEAR_SCALE, SIGMOID_SCALE, get_form, normalise_inputs
+from capscale.laws.pooling import RAW_SLOPE, SHAPE_PARAMETERS, shape_estimates, shrink
 from capscale.progress import report_refits
-from capscale.laws.rolling import OriginPoint, choose, internal_backtest, origin_splits, run_rows, task_finals
+from capscale.laws.rolling import (OriginPoint, choose, internal_backtest, origin_splits, rungs, run_rows, size_keys,
+                                   task_finals)
 from capscale.schema import OWN_LOSSES, from_goodness, metric_kind, require_inputs, target_scale, to_goodness
 
 # step 1 candidates: name -> (form, fixed parameters); "power_law" has no irreducible loss (2 parameters)
@@ -48,10 +53,29 @@ STEP1_FORMS = {
     "power_law": ("power_compute", {"E": 0.0}),
 }
 STEP1_CHOICES = ("auto", "rule", *STEP1_FORMS)
+SHORT_LADDER_SIZES = 3  # up to this many sizes, "power_law" (2 parameters) competes in step 1
 STEP2_CHOICES = ("sigmoid_loss", "exponential_loss")
 CEILINGS = ("auto", "fit", "anchor", "fixed")
 DIRECT_FORMS = ("auto", "sigmoid", "sigmoid_2p", "linear", "sigmoid_compute")
 X_CHOICES = ("auto", "flops", "params", "tokens")
+
+
+@dataclass
+class Step2Problem:
+    """What step 2 of one task is fitted on, and with which form and constraints."""
+    joined: pd.DataFrame  # every checkpoint with both the metric (value) and the loss
+    final_rows: np.ndarray  # rows of ``joined`` at each run's last step (step 1's points)
+    finals: pd.DataFrame
+    step2_data: pd.DataFrame  # kept checkpoints, smoothed
+    smoother: np.ndarray  # step2_data = smoother @ joined (linear, so item redraws smooth the same way)
+    chance: float | None
+    ceiling: float  # on the metric's good side
+    mode: str  # fit | anchor | fixed
+    reference: tuple  # the loss normalisation of step 2 (mean, sd of its points)
+    form: object
+    fixed: dict
+    anchor: tuple | None  # (loss, value in the fit's space)
+    space: str  # goodness | error
 
 
 def resolve_x(x: str, finals: pd.DataFrame) -> str:
@@ -280,14 +304,16 @@ class TwoStepPredictor(TaskPredictor):
       to pass through it at L = 0; "fit": the ladder's checkpoints decide; "auto": anchor where the
       loss is the task's own correct-answer loss (bpb_correct / nll_correct of the same task), fit
       otherwise (a validation loss of 0 says nothing about accuracy).
-    The ceiling is 1, or the task's ``ceiling`` column where the table has one (e.g. label noise)."""
+    The ceiling is 1, or the task's ``ceiling`` column where the table has one (e.g. label noise).
+    ``pool="tasks"``: step 2's slope (and height, where the ceiling is fitted) partially pooled with the
+    ladder's other tasks (capscale.laws.pooling); off by default (see README for the backtests)."""
 
     method_name = "two-step"
 
     def __init__(self, step1: str = "auto", step2: str = "sigmoid_loss", ceiling: str = "auto",
                  anchor_weight: float = 1.0, intermediate: bool = True, skip_fraction: float = 0.1,
-                 smooth: int = 5, step2_delta: float | None = None, level=0.9, n_boot=1000, seed=0,
-                 calibrate=True, n_origins=3, growth=DEFAULT_GROWTH, n_boot_origin=100):
+                 smooth: int = 5, step2_delta: float | None = None, pool: str = "none", level=0.9, n_boot=1000,
+                 seed=0, calibrate=True, n_origins=3, growth=DEFAULT_GROWTH, n_boot_origin=100):
         super().__init__(level, n_boot, seed, calibrate, n_origins, growth, n_boot_origin)
         self.step1 = step1
         self.step2 = step2
@@ -297,6 +323,7 @@ class TwoStepPredictor(TaskPredictor):
         self.skip_fraction = skip_fraction
         self.smooth = smooth
         self.step2_delta = step2_delta
+        self.pool = pool
 
     # --- step 1 ---------------------------------------------------------------------------
     def choose_step1(self, finals: pd.DataFrame, loss: np.ndarray) -> str:
@@ -310,6 +337,11 @@ class TwoStepPredictor(TaskPredictor):
                                     + (" (tokens per parameter must vary)" if "chinchilla" in self.step1 else ""))
             return self.step1
         options = [n for n in STEP1_FORMS if step1_eligible(n, finals, len(finals))]
+        if len(rungs(size_keys(finals))) > SHORT_LADDER_SIZES:
+            # a law without irreducible loss is the fallback of short ladders, not a rival: fitted on the
+            # smallest rungs of a longer ladder it often wins the rolling origin there and then
+            # extrapolates far too low (OpenLM testbed C4 loss at 6.9B: -12%)
+            options = [n for n in options if n != "power_law"] or options
         if not options:
             raise CapscaleError(f"step 1 needs at least 2 runs with a loss, got {len(finals)}")
         self.step1_errors_ = {}
@@ -365,10 +397,6 @@ class TwoStepPredictor(TaskPredictor):
             return get_form("exponential_loss"), {}, anchor, "error"
         raise CapscaleError(f"step 2 must be one of {', '.join(STEP2_CHOICES)}, got {self.step2!r}")
 
-    def _to_space(self, values):
-        g = to_goodness(self.metric_, values)
-        return g if self.space_ == "goodness" else 1.0 - g
-
     def _from_space(self, values):
         g = values if self.space_ == "goodness" else 1.0 - values
         return from_goodness(self.metric_, g)
@@ -379,11 +407,9 @@ class TwoStepPredictor(TaskPredictor):
         return self._from_space(fit.predict(loss=np.asarray(loss, dtype=float)))
 
     # --- fit ------------------------------------------------------------------------------
-    def fit(self, ladder: pd.DataFrame, task: str, metric: str = "acc", loss: str = "bpb_correct",
-            loss_task: str | None = None, items: pd.DataFrame | None = None) -> "TwoStepPredictor":
-        """``loss_task`` takes the loss from another task (e.g. a validation loss, as Gadre et al. 2024);
-        ``items`` (capscale.metrics.item_metrics of the ladder's store) adds item resampling."""
-        self.task_, self.metric_, self.loss_metric_ = task, metric, loss
+    def _problem(self, ladder: pd.DataFrame, task: str, metric: str, loss: str, loss_task: str | None) -> Step2Problem:
+        """One task's points for both steps: checkpoints with the metric and the loss, final rows for
+        step 1, the skip + moving-average operator for step 2, and step 2's form and constraints."""
         loss_points = metric_series(ladder, loss_task or task, loss)
         value_points = metric_series(ladder, task, metric)
         joined = value_points.merge(loss_points[RUN_KEYS + ["step", "value"]].rename(columns={"value": "loss"}),
@@ -394,95 +420,132 @@ class TwoStepPredictor(TaskPredictor):
         last_step = joined.groupby(RUN_KEYS, sort=False)["step"].transform("max")
         final_rows = np.flatnonzero((joined["step"].isna() | (joined["step"] == last_step)).to_numpy())
         finals = joined.iloc[final_rows].reset_index(drop=True)  # same rows as ladder.final_checkpoints
-        self.n_runs_ = len(finals)
-        self.step1_form_ = self.choose_step1(finals, finals["loss"].to_numpy(float))
         if self.intermediate:
             step2_data, smoother = smoothing_operator(joined, self.skip_fraction, self.smooth)
         else:
             step2_data, smoother = finals, np.eye(len(joined))[final_rows]
         step2_data = step2_data.assign(loss=smoother @ joined["loss"].to_numpy(float),
                                        value=smoother @ joined["value"].to_numpy(float))
-        self.data_, self.step2_data_ = finals, step2_data
+        chance = chance_level(joined) if metric_kind(metric).has_chance else None
+        chance_g = None if chance is None else float(to_goodness(metric, chance))
+        has_ceiling = "ceiling" in joined and joined["ceiling"].notna().any()
+        ceiling_g = float(to_goodness(metric, float(joined["ceiling"].dropna().median()))) if has_ceiling else 1.0
+        mode = self._ceiling_mode(loss in OWN_LOSSES and (loss_task is None or loss_task == task))
+        reference = normalise_inputs(get_form("sigmoid_loss"), {"loss": step2_data["loss"].to_numpy(float)})[1]["loss"]
+        form, fixed, anchor, space = self._step2_spec(mode, chance_g, ceiling_g, reference)
+        return Step2Problem(joined, final_rows, finals, step2_data, smoother, chance, ceiling_g, mode, reference, form,
+                            fixed, anchor, space)
+
+    def _fit_step2(self, problem: Step2Problem, x, y, fixed: dict | None = None) -> FitResult:
+        """Step 2 on (loss, value-in-its-space) points; with an anchor, the fit without it is a start."""
+        fixed = problem.fixed if fixed is None else fixed
+        reference = {"loss": problem.reference}
+        free_fit = fit_form(problem.form, {"loss": x}, y, fixed=fixed, delta=self.step2_delta, reference=reference)
+        if problem.anchor is None:
+            return free_fit
+        x, y = np.append(x, problem.anchor[0]), np.append(y, problem.anchor[1])
+        weights = np.append(np.ones(len(x) - 1), self.anchor_weight)
+        return fit_form(problem.form, {"loss": x}, y, fixed=fixed, weights=weights, delta=self._anchor_delta(len(x) - 1),
+                        reference=reference, extra_starts=[free_fit.params])
+
+    def _anchor_delta(self, n_points: int) -> np.ndarray:
+        """Huber's threshold for the data, none (a squared residual) for the anchor."""
+        return np.append(np.full(n_points, 1e-2 if self.step2_delta is None else self.step2_delta), np.inf)
+
+    def _space_values(self, problem: Step2Problem, metric: str, values) -> np.ndarray:
+        g = to_goodness(metric, np.asarray(values, dtype=float))
+        return g if problem.space == "goodness" else 1.0 - g
+
+    def _pooled_shape(self, ladder, task, metric, loss, loss_task, problem: Step2Problem) -> dict:
+        """Step 2's free shape parameters, partially pooled with the ladder's other tasks
+        (capscale.laws.pooling); {} when pooling is off or fewer than three tasks can be fitted."""
+        if self.pool == "none":
+            return {}
+        if self.pool != "tasks":
+            raise CapscaleError(f"pool must be none or tasks, got {self.pool!r}")
+        wanted = [p for p in SHAPE_PARAMETERS.get(problem.form.name, ()) if p not in problem.fixed]
+        estimates = {}
+        tasks = [t for t in sorted(ladder.loc[ladder["metric"] == metric, "task"].unique())]
+        for other in tasks:
+            try:
+                pr = problem if other == task else self._problem(ladder, other, metric, loss, loss_task)
+                x = pr.step2_data["loss"].to_numpy(float)
+                y = self._space_values(pr, metric, pr.step2_data["value"])
+                estimates[other] = shape_estimates(self._fit_step2(pr, x, y), x, y, tuple(wanted))
+            except (CapscaleError, FitError, LadderError):
+                continue
+        if task not in estimates or len(estimates) < 3:
+            return {}
+        out = {}
+        for p in wanted:
+            if p not in estimates[task]:
+                continue
+            others = [e[p] for t, e in estimates.items() if t != task and p in e]
+            value = shrink(estimates[task][p], others)
+            out[p] = value * (problem.reference[1] if p in RAW_SLOPE else 1.0)
+        self.pooled_ = {"tasks": len(estimates), **out}
+        return out
+
+    def fit(self, ladder: pd.DataFrame, task: str, metric: str = "acc", loss: str = "bpb_correct",
+            loss_task: str | None = None, items: pd.DataFrame | None = None) -> "TwoStepPredictor":
+        """``loss_task`` takes the loss from another task (e.g. a validation loss, as Gadre et al. 2024);
+        ``items`` (capscale.metrics.item_metrics of the ladder's store) adds item resampling."""
+        self.task_, self.metric_, self.loss_metric_ = task, metric, loss
+        problem = self._problem(ladder, task, metric, loss, loss_task)
+        finals, joined = problem.finals, problem.joined
+        self.n_runs_ = len(finals)
+        self.step1_form_ = self.choose_step1(finals, finals["loss"].to_numpy(float))
+        self.data_, self.step2_data_ = finals, problem.step2_data
         self.extent_ = ladder_extent(finals)
-        self.chance_ = chance_level(joined) if metric_kind(metric).has_chance else None
-        chance_g = None if self.chance_ is None else float(to_goodness(metric, self.chance_))
-        ceiling_value = float(joined["ceiling"].dropna().median()) if "ceiling" in joined and joined["ceiling"].notna().any() else None
-        ceiling_g = 1.0 if ceiling_value is None else float(to_goodness(metric, ceiling_value))
-        own_loss = loss in OWN_LOSSES and (loss_task is None or loss_task == task)
-        self.ceiling_mode_ = self._ceiling_mode(own_loss)
-        self.ceiling_value_ = ceiling_g
-        loss_reference = normalise_inputs(get_form("sigmoid_loss"), {"loss": step2_data["loss"].to_numpy(float)})[1]["loss"]
-        f2, fixed2, anchor, self.space_ = self._step2_spec(self.ceiling_mode_, chance_g, ceiling_g, loss_reference)
+        self.chance_ = problem.chance
+        self.ceiling_mode_, self.ceiling_value_, self.space_ = problem.mode, problem.ceiling, problem.space
+        problem.fixed = {**problem.fixed, **self._pooled_shape(ladder, task, metric, loss, loss_task, problem)}
         f1_name = self.step1_form_
-        self.form_used_ = f"{STEP1_FORMS[f1_name][0]}{' (E=0)' if f1_name == 'power_law' else ''} -> {f2.name}" + (
-            f" (ceiling {self.ceiling_mode_})" if self.ceiling_mode_ != "fit" else "")
-
-        runs = run_keys(finals)
-        step1_columns, step2_columns = RunColumns(finals, runs), RunColumns(step2_data, runs)
-        joined_values = {"loss": joined["loss"].to_numpy(float), "value": joined["value"].to_numpy(float)}
-        resampler = ItemResampler.from_items(items, joined.get("checkpoint", pd.Series([np.nan])),
-                                             {"value": (task, metric), "loss": (loss_task or task, loss)})
-        self.items_resampled_ = resampler is not None
-        delta = self.step2_delta
-
-        def fit_step2(x, y, warm: FitResult | None):
-            reference = {"loss": loss_reference} if warm is None else warm.reference
-            starts = None if warm is None else [warm.params]
-            if anchor is None:
-                return fit_form(f2, {"loss": x}, y, fixed=fixed2, delta=delta, reference=reference, starts=starts)
-            # the fit without the anchor is a good start with it: the anchor pulls the same curve upward
-            free_fit = fit_form(f2, {"loss": x}, y, fixed=fixed2, delta=delta, reference=reference, starts=starts)
-            x, y = np.append(x, anchor[0]), np.append(y, anchor[1])
-            weights = np.append(np.ones(len(x) - 1), self.anchor_weight)
-            d = np.append(np.full(len(x) - 1, 1e-2 if delta is None else delta), np.inf)
-            return fit_form(f2, {"loss": x}, y, fixed=fixed2, weights=weights, delta=d, reference=reference,
-                            starts=starts, extra_starts=[free_fit.params])
-
-        def fit_once(run_indices=None, redrawn=None):
-            values = {**joined_values, **(redrawn or {})}
-            d1 = step1_columns.take({**{k: finals[k].to_numpy(float) for k in ("params", "tokens", "flops")},
-                                     "loss": values["loss"][final_rows]}, run_indices)
-            d2 = step2_columns.take({c: smoother @ values[c] for c in ("loss", "value")}, run_indices)
-            full = run_indices is None
-            s1 = fit_step1(f1_name, pd.DataFrame(d1), d1["loss"], warm=None if full else self.fit_[0])
-            s2 = fit_step2(d2["loss"], self._to_space(d2["value"]), None if full else self.fit_[1])
-            return s1, s2
-
-        self.fit_ = fit_once()
+        self.form_used_ = f"{STEP1_FORMS[f1_name][0]}{' (E=0)' if f1_name == 'power_law' else ''} -> {problem.form.name}" + (
+            f" (ceiling {problem.mode})" if problem.mode != "fit" else "") + (" (shape pooled)" if self.pool != "none" and
+                                                                             hasattr(self, "pooled_") else "")
+        s1 = fit_step1(f1_name, finals, finals["loss"].to_numpy(float))
+        s2 = self._fit_step2(problem, problem.step2_data["loss"].to_numpy(float),
+                             self._space_values(problem, metric, problem.step2_data["value"]))
+        self.fit_ = (s1, s2)
         # observation noise for the prediction interval: unsmoothed step-2 points around the fitted curve
         raw = smooth_runs(joined, self.skip_fraction, 1) if self.intermediate else finals
         self.noise_ = raw["value"].to_numpy(float) - self.step2_curve(raw["loss"].to_numpy(float))
-        self.fit_warnings_ = dof_warning(self.fit_[0], "step 1") + dof_warning(self.fit_[1], "step 2")
-        self.boot_fits_, self.n_boot_failed_ = self._refit_both(runs, step1_columns, step2_columns, resampler,
-                                                                finals, final_rows, smoother, anchor, delta)
+        self.fit_warnings_ = dof_warning(s1, "step 1") + dof_warning(s2, "step 2")
+        resampler = ItemResampler.from_items(items, joined.get("checkpoint", pd.Series([np.nan])),
+                                             {"value": (task, metric), "loss": (loss_task or task, loss)})
+        self.items_resampled_ = resampler is not None
+        self.boot_fits_, self.n_boot_failed_ = self._refit_both(problem, resampler)
         self._calibrate(ladder, task, metric, loss, loss_task, items)
         return self
 
-    def _refit_both(self, runs, step1_columns, step2_columns, resampler, finals, final_rows, smoother, anchor, delta):
+    def _refit_both(self, problem: Step2Problem, resampler):
         """Both steps refitted on every bootstrap resample at once (capscale.laws.fitting.refit_many):
         a resample is a weighting of the runs (how often each was drawn), plus redrawn items."""
         s1, s2 = self.fit_
+        finals = problem.finals
+        runs = run_keys(finals)
         counts, redrawn = self._resamples(len(runs), resampler)
         keep = (counts > 0).sum(1) >= n_free(*STEP1_FORMS[self.step1_form_])
         if resampler is None:
             y1 = finals["loss"].to_numpy(float)
-            x2, v2 = self.step2_data_["loss"].to_numpy(float), self.step2_data_["value"].to_numpy(float)
+            x2, v2 = problem.step2_data["loss"].to_numpy(float), problem.step2_data["value"].to_numpy(float)
         else:
             loss = np.stack([r["loss"] for r, k in zip(redrawn, keep) if k]).reshape(int(keep.sum()), -1)
             value = np.stack([r["value"] for r, k in zip(redrawn, keep) if k]).reshape(int(keep.sum()), -1)
-            y1, x2, v2 = loss[:, final_rows], loss @ smoother.T, value @ smoother.T
-        w1 = counts[keep][:, step1_columns.row_runs()]
-        w2 = counts[keep][:, step2_columns.row_runs()]
-        y2 = self._to_space(v2)
-        d = delta
-        if anchor is not None:
+            y1, x2, v2 = loss[:, problem.final_rows], loss @ problem.smoother.T, value @ problem.smoother.T
+        w1 = counts[keep][:, RunColumns(finals, runs).row_runs()]
+        w2 = counts[keep][:, RunColumns(problem.step2_data, runs).row_runs()]
+        y2 = self._space_values(problem, self.metric_, v2)
+        delta = self.step2_delta
+        if problem.anchor is not None:
             b = w2.shape[0]
-            x2 = np.concatenate([np.broadcast_to(x2, (b, w2.shape[1])), np.full((b, 1), anchor[0])], axis=1)
-            y2 = np.concatenate([np.broadcast_to(y2, (b, w2.shape[1])), np.full((b, 1), anchor[1])], axis=1)
+            x2 = np.concatenate([np.broadcast_to(x2, (b, w2.shape[1])), np.full((b, 1), problem.anchor[0])], axis=1)
+            y2 = np.concatenate([np.broadcast_to(y2, (b, w2.shape[1])), np.full((b, 1), problem.anchor[1])], axis=1)
             w2 = np.concatenate([w2, np.full((b, 1), self.anchor_weight)], axis=1)
-            d = np.append(np.full(x2.shape[1] - 1, 1e-2 if delta is None else delta), np.inf)
+            delta = self._anchor_delta(x2.shape[1] - 1)
         step1 = refit_many(s1, {k: finals[k].to_numpy(float) for k in s1.form.inputs}, y1, w1)
-        step2 = refit_many(s2, {"loss": x2}, y2, w2, delta=d)
+        step2 = refit_many(s2, {"loss": x2}, y2, w2, delta=delta)
         fits = [(a, b) for a, b in zip(step1, step2) if a is not None and b is not None]
         report_refits(self.n_boot)
         return fits, self.n_boot - len(fits)
