@@ -247,7 +247,7 @@ def method_options(args):
     return MethodOptions(level=args.level, n_boot=args.n_boot, seed=args.seed, step1=args.step1, step2=args.step2,
                          x=args.x, ceiling=args.ceiling, anchor_weight=args.anchor_weight,
                          calibrate=not args.no_calibrate, n_origins=args.n_origins,
-                         extra={"form": args.direct_form} if args.direct_form else {})
+                         extra={**({"form": args.direct_form} if args.direct_form else {}), "select": args.select})
 
 
 def print_backtest(table, level: float) -> None:
@@ -410,6 +410,8 @@ def add_fit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--x", choices=["auto", "flops", "params", "tokens", "loss"],
                    help="the scale of direct / carry-forward / choice-mass (default auto: flops where known, else "
                         "params; loss = choice-mass chained with step 1 of two-step) and of pass-until (default params)")
+    p.add_argument("--select", default="ladder", choices=["ladder", "task"],
+                   help="auto: rank the candidates on every task of the ladder (default) or on the task alone")
     p.add_argument("--direct-form", choices=["auto", "sigmoid", "sigmoid_2p", "linear"],
                    help="direct: the form (default auto: chosen by the ladder's own backtests)")
     p.add_argument("--level", type=float, default=0.9, help="prediction interval level (default 0.9)")

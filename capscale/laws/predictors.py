@@ -129,6 +129,8 @@ def predict_loss(target: dict, fit: FitResult) -> float:
 class TaskPredictor(BasePredictor):
     """A predictor of one task's metric with the common hyper-parameters of calibration."""
 
+    link = None  # (forward, inverse): the space where errors are additive (None: the metric's own units)
+
     def __init__(self, level=0.9, n_boot=1000, seed=0, calibrate=True, n_origins=3, growth=DEFAULT_GROWTH,
                  n_boot_origin=100):
         super().__init__(level, n_boot, seed)
@@ -144,13 +146,13 @@ class TaskPredictor(BasePredictor):
             return
         probe = self.clone(n_boot=self.n_boot_origin, calibrate=False)
         points = internal_backtest(probe, ladder, task, metric, loss, loss_task, items, self.n_origins)
-        self.calibration_ = calibrate(points, self.growth)
+        self.calibration_ = calibrate(points, self.growth, self.link)
         self.origin_points_ = points
 
     def predict(self, params=None, tokens=None, flops=None, level: float | None = None) -> Forecast:
         target = target_scale(params, tokens, flops)
         value, draws = self.predictive_draws(**target)
-        return self._forecast(value, draws, target, level, **self._forecast_fields(target, level))
+        return self._forecast(value, draws, target, level, link=self.link, **self._forecast_fields(target, level))
 
     def _forecast_fields(self, target: dict, level) -> dict:
         return {"form_used": getattr(self, "form_used_", ""), "n_points": int(getattr(self, "n_runs_", 0)),
@@ -245,6 +247,8 @@ class DirectPredictor(TaskPredictor):
         else:
             counts, redrawn = self._resamples(len(runs), resampler)
             keep = (counts > 0).sum(1) >= len(form.param_names) - len(fixed)
+            if not keep.any():
+                counts, keep, resampler = counts[:0], keep[:0], None
             y = base["value"] if resampler is None else np.stack(
                 [to_goodness(metric, r["value"]) for r, k in zip(redrawn, keep) if k])
             refits = refit_many(self.fit_, {self.x_: base[self.x_]}, y, counts[keep][:, columns.row_runs()])
@@ -527,6 +531,8 @@ class TwoStepPredictor(TaskPredictor):
         runs = run_keys(finals)
         counts, redrawn = self._resamples(len(runs), resampler)
         keep = (counts > 0).sum(1) >= n_free(*STEP1_FORMS[self.step1_form_])
+        if not keep.any():
+            return [], self.n_boot
         if resampler is None:
             y1 = finals["loss"].to_numpy(float)
             x2, v2 = problem.step2_data["loss"].to_numpy(float), problem.step2_data["value"].to_numpy(float)
@@ -627,20 +633,21 @@ def smoothing_operator(points: pd.DataFrame, skip_fraction: float, window: int) 
     ``rolling(window, center=True, min_periods=1)``), as a matrix S over ``points``' rows: the kept
     rows and S, so that smoothed values = S @ values. Being linear, it also smooths every bootstrap
     resample of the items without pandas in the loop."""
-    kept, rows = [], []
+    kept, blocks = [], []
     left, right = window // 2, window - 1 - window // 2
     for _, run in points.groupby(RUN_KEYS, sort=False):
         run = run.sort_values("step")
         if run["step"].notna().all() and len(run) > 1:
             run = run[run["step"] >= skip_fraction * run["step"].max()]
-        index = list(run.index)
-        for k in range(len(index)):
-            row = np.zeros(len(points))
-            members = index[max(0, k - left): k + right + 1] if window > 1 else [index[k]]
-            row[[points.index.get_loc(m) for m in members]] = 1.0 / len(members)
-            rows.append(row)
+        columns = points.index.get_indexer(run.index)
+        n = len(columns)
+        block = np.zeros((n, len(points)))
+        for k in range(n):
+            members = columns[max(0, k - left): k + right + 1] if window > 1 else columns[k:k + 1]
+            block[k, members] = 1.0 / len(members)
+        blocks.append(block)
         kept.append(run)
-    return pd.concat(kept, ignore_index=True), np.array(rows)
+    return pd.concat(kept, ignore_index=True), np.vstack(blocks)
 
 
 def smooth_runs(points: pd.DataFrame, skip_fraction: float, window: int) -> pd.DataFrame:
