@@ -291,3 +291,20 @@ def test_every_family_with_two_runs_left_gets_a_forecast_for_every_task(name):
             assert r["lower"] <= r["predicted"] <= r["upper"]
         else:
             assert not np.isfinite(r["predicted"]) and r["reason"], (r["family"], r["task"])
+
+
+@pytest.mark.parametrize("method", ["auto", "two-step", "direct", "carry-forward"])
+def test_saved_fits_of_every_method_predict_the_same(tmp_path, method):
+    """capscale fit / predict: the saved predictor (auto: with the candidate it chose inside) gives
+    the forecast, intervals and calibration of the fitted one."""
+    from capscale.laws.persist import load_predictor, save_predictor
+    from capscale.laws.registry import MethodOptions, make_predictor
+
+    ladder = low_ceiling_ladder()
+    predictor = make_predictor(method, MethodOptions(n_boot=40)).fit(ladder, "t", "acc", "bpb_correct")
+    loaded = load_predictor(save_predictor(predictor, tmp_path / "fit.json"))
+    a, b = predictor.predict(params=2e9, tokens=4e10), loaded.predict(params=2e9, tokens=4e10)
+    assert (a.value, a.lower, a.upper) == pytest.approx((b.value, b.lower, b.upper))
+    assert sorted(a.intervals) == sorted(b.intervals) and a.method_used == b.method_used
+    for level in a.intervals:
+        assert a.intervals[level] == pytest.approx(b.intervals[level])

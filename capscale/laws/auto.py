@@ -207,7 +207,7 @@ class AutoPredictor(TaskPredictor):
             self.fit_warnings_.append(f"auto: the ladder is too short for an internal backtest; {self.method_used_} "
                                       "by the fixed order for short ladders")
         chosen = self.chosen_
-        for attribute in ("data_", "extent_", "chance_", "calibration_"):
+        for attribute in ("data_", "extent_", "chance_", "calibration_", "n_boot_failed_"):
             setattr(self, attribute, getattr(chosen, attribute, None))
         self.n_runs_ = getattr(chosen, "n_runs_", len(task_finals(ladder, task, metric)))
         return self
@@ -226,6 +226,3 @@ class AutoPredictor(TaskPredictor):
     def boot_fits_(self):
         return getattr(self.chosen_, "boot_fits_", [])
 
-    @property
-    def n_boot_failed_(self):
-        return getattr(self.chosen_, "n_boot_failed_", 0)

@@ -112,12 +112,36 @@ def old_step1_rule(finals: pd.DataFrame) -> str:
     return "chinchilla" if len(finals) >= 8 and step1_eligible("chinchilla", finals, len(finals)) else "power_compute"
 
 
+_STEP1_MEMO: dict = {}  # step-1 fits and choices by their data: every task of a ladder that shares one loss
+_STEP1_MEMO_SIZE = 512  # (a validation loss, as OpenLM's C4) reuses them instead of refitting the same law
+
+
+def step1_key(*parts) -> bytes:
+    """A key for step-1 memoisation: the bytes of the scale inputs and losses, and the settings."""
+    out = []
+    for part in parts:
+        out.append(np.ascontiguousarray(part, dtype=float).tobytes() if isinstance(part, (np.ndarray, pd.Series))
+                   else repr(part).encode())
+    return b"|".join(out)
+
+
+def memoised(key: bytes, compute):
+    if key not in _STEP1_MEMO:
+        _STEP1_MEMO[key] = compute()
+        while len(_STEP1_MEMO) > _STEP1_MEMO_SIZE:
+            _STEP1_MEMO.pop(next(iter(_STEP1_MEMO)))
+    return _STEP1_MEMO[key]
+
+
 def fit_step1(name: str, finals: pd.DataFrame, loss: np.ndarray, warm: FitResult | None = None) -> FitResult:
     form, fixed = STEP1_FORMS[name]
     f = get_form(form)
     inputs = {k: finals[k].to_numpy(float) for k in f.inputs}
     extra = {} if warm is None else dict(starts=[warm.params], reference=warm.reference)
-    return fit_form(f, inputs, loss, fixed=fixed, **extra)
+    if warm is not None:
+        return fit_form(f, inputs, loss, fixed=fixed, **extra)
+    key = step1_key("fit", name, *inputs.values(), np.asarray(loss, dtype=float))
+    return memoised(key, lambda: fit_form(f, inputs, loss, fixed=fixed))
 
 
 def predict_loss(target: dict, fit: FitResult) -> float:
@@ -335,11 +359,20 @@ class TwoStepPredictor(TaskPredictor):
         on the ladder's own largest runs, compared on the origins every candidate could fit)."""
         if self.step1 == "rule":
             return old_step1_rule(finals)
+        if self.step1 == "auto":  # the same losses give the same choice: a shared validation loss is chosen once
+            key = step1_key("choose", self.n_origins, *(finals[c] for c in ("params", "tokens", "flops")), loss,
+                            finals["family"].astype(str).tolist(), finals["model"].astype(str).tolist())
+            name, self.step1_errors_ = memoised(key, lambda: self._choose_step1(finals, loss))
+            return name
+        return self._choose_step1(finals, loss)[0]
+
+    def _choose_step1(self, finals: pd.DataFrame, loss: np.ndarray) -> tuple[str, dict]:
+        """(form, {form: internal relative loss error}) — errors empty when there was nothing to compare."""
         if self.step1 != "auto":
             if not step1_eligible(self.step1, finals, len(finals)):
                 raise CapscaleError(f"step 1 {self.step1!r} cannot be determined from {len(finals)} runs"
                                     + (" (tokens per parameter must vary)" if "chinchilla" in self.step1 else ""))
-            return self.step1
+            return self.step1, {}
         options = [n for n in STEP1_FORMS if step1_eligible(n, finals, len(finals))]
         if len(rungs(size_keys(finals))) > SHORT_LADDER_SIZES:
             # a law without irreducible loss is the fallback of short ladders, not a rival: fitted on the
@@ -348,14 +381,13 @@ class TwoStepPredictor(TaskPredictor):
             options = [n for n in options if n != "power_law"] or options
         if not options:
             raise CapscaleError(f"step 1 needs at least 2 runs with a loss, got {len(finals)}")
-        self.step1_errors_ = {}
         if len(options) == 1:
-            return options[0]
-        splits = origin_splits(finals, self.n_origins)
+            return options[0], {}
         scored: dict[str, list] = {n: [] for n in options}
         keys = list(finals[RUN_KEYS].itertuples(index=False, name=None))
-        for k, train, test in splits:
-            tr = np.array([key in set(train) for key in keys])
+        for k, train, test in origin_splits(finals, self.n_origins):
+            in_train = set(train)
+            tr = np.array([key in in_train for key in keys])
             for name in options:
                 if not step1_eligible(name, finals[tr], int(tr.sum())):
                     continue
@@ -367,8 +399,8 @@ class TwoStepPredictor(TaskPredictor):
                     row = finals.iloc[i]
                     predicted = predict_loss(target_scale(row["params"], row["tokens"], row["flops"]), fit)
                     scored[name].append(OriginPoint(k, str(row["model"]), 1.0, predicted / loss[i], 0.0))
-        best, self.step1_errors_ = choose({n: p for n, p in scored.items() if p})
-        return best or max(options, key=lambda n: n_free(*STEP1_FORMS[n]))
+        best, errors = choose({n: p for n, p in scored.items() if p})
+        return best or max(options, key=lambda n: n_free(*STEP1_FORMS[n])), errors
 
     # --- step 2 ---------------------------------------------------------------------------
     def _ceiling_mode(self, own_loss: bool) -> str:
