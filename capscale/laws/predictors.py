@@ -211,15 +211,13 @@ class DirectPredictor(TaskPredictor):
             return LINEAR_SCALE[self.x_].name, {}
         raise CapscaleError(f"direct form must be one of {', '.join(DIRECT_FORMS)}, got {name!r}")
 
-    def candidates(self, n_runs: int, chance: float | None) -> list[str]:
+    @staticmethod
+    def candidates(n_runs: int, chance: float | None) -> list[str]:
         """Forms the ladder can determine with one point to spare, most flexible first."""
-        out = []
-        for name in ("sigmoid", "sigmoid_2p", "linear"):
-            if name == "sigmoid_2p" and chance is None:
-                continue  # a floor is what makes two parameters enough
-            form, fixed = self._spec(name, chance)
-            if n_runs >= n_free(form, fixed) + 1:
-                out.append(name)
+        free = {"sigmoid": 4 if chance is None else 3, "sigmoid_2p": 2, "linear": 2}
+        out = [name for name in ("sigmoid", "sigmoid_2p", "linear")
+               if not (name == "sigmoid_2p" and chance is None)  # a floor is what makes two parameters enough
+               and n_runs >= free[name] + 1]
         return out or ["linear"]
 
     def fit(self, ladder: pd.DataFrame, task: str, metric: str = "acc", loss: str | None = None,
