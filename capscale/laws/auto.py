@@ -199,13 +199,20 @@ class AutoPredictor(TaskPredictor):
                                                  self.items_for(name, items, kind, task, loss_task), self.n_origins)
         return common_error(points)
 
+    def errors_or_none(self, ladder, task, metric, loss, loss_task, items) -> dict[str, float]:
+        """A task that cannot be fitted (e.g. duplicate rows) gives no votes; its own fit reports why."""
+        try:
+            return self.task_errors(ladder, task, metric, loss, loss_task, items)
+        except CapscaleError:
+            return {}
+
     def ladder_errors(self, ladder, metric, loss, loss_task, items) -> dict[str, dict[str, float]]:
         """task -> candidate -> internal error, for every task of the ladder with the metric; memoised on
         the ladder's content, so fitting the ladder's tasks one after the other computes it once."""
         key = (fingerprint(ladder, items), metric, loss, loss_task, repr(sorted(self.get_params().items())))
         if key not in _MEMO:
             tasks = sorted(ladder.loc[ladder["metric"] == metric, "task"].unique())
-            _MEMO[key] = {t: self.task_errors(ladder, t, metric, loss, loss_task, items) for t in tasks}
+            _MEMO[key] = {t: self.errors_or_none(ladder, t, metric, loss, loss_task, items) for t in tasks}
             while len(_MEMO) > _MEMO_SIZE:
                 _MEMO.pop(next(iter(_MEMO)))
         return _MEMO[key]

@@ -255,13 +255,7 @@ class DirectPredictor(TaskPredictor):
                                              {"value": (task, metric)})
         self.items_resampled_ = resampler is not None
 
-        def fit_once(run_indices=None, redrawn=None):
-            data = columns.take({**base, **({k: to_goodness(metric, v) for k, v in (redrawn or {}).items()})},
-                                run_indices)
-            warm = {} if run_indices is None else dict(starts=[self.fit_.params], reference=self.fit_.reference)
-            return fit_form(form, {self.x_: data[self.x_]}, data["value"], fixed=fixed, **warm)
-
-        self.fit_ = fit_once()
+        self.fit_ = fit_form(form, {self.x_: base[self.x_]}, base["value"], fixed=fixed)
         self.noise_ = base["value"] - self.fit_.predict(**{self.x_: base[self.x_]})
         self.fit_warnings_ = dof_warning(self.fit_, "the fit")
         if name == "linear":  # t-based prediction interval: no bootstrap needed

@@ -26,6 +26,7 @@ class MethodOptions:
     anchor_weight: float = 1.0
     calibrate: bool = True
     n_origins: int = 3
+    pool: str = "none"
     extra: dict = field(default_factory=dict)
 
     def common(self) -> dict:
@@ -57,7 +58,7 @@ def _two_step(o: MethodOptions):
     from capscale.laws.predictors import TwoStepPredictor
 
     return TwoStepPredictor(step1=o.step1, step2=o.step2, ceiling=o.ceiling, anchor_weight=o.anchor_weight,
-                            **o.common())
+                            pool=o.pool, **o.common())
 
 
 def _direct(o: MethodOptions):

@@ -54,6 +54,8 @@ METHODS = [
            note="the same with Gadre et al.'s exponential step 2"),
     Method("two-step fit-ceiling", "two-step", {"ceiling": "fit"}, needs_loss=True,
            note="step 1 by rolling origin, step 2's ceiling fitted (no anchor), calibrated"),
+    Method("two-step pooled", "two-step", {"pool": "tasks"}, needs_loss=True,
+           note="two-step with step 2's shape partially pooled across the ladder's tasks"),
     Method("direct", "direct", {}, note="sigmoid / 2-parameter sigmoid / line in log compute by rolling origin"),
     Method("direct sigmoid", "direct", {"extra": {"form": "sigmoid"}}, note="a sigmoid in log compute (chance floor)"),
     Method("direct 2p", "direct", {"extra": {"form": "sigmoid_2p"}}, note="floor = chance, ceiling = 1"),
@@ -80,8 +82,32 @@ def run_cell(backtest, method: Method, n_boot: int, jobs: int, out: Path) -> dic
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "records.json").write_text(json.dumps([r.contract() for r in outcome.records], indent=1))
     table.to_csv(folder / "table.csv", index=False, float_format="%.6g")
+    (folder / "calibration.jsonl").write_text(calibration_lines(outcome))
     return {"backtest": backtest.name, "method": method.name, "status": "ok", "seconds": time.perf_counter() - start,
             "cpu_seconds": time.process_time() - cpu, "keys": RECORD_KEYS}
+
+
+def calibration_lines(outcome) -> str:
+    """Per forecast: the uncalibrated deviation quantiles of its draws, its extrapolation distance and
+    the held-out residuals its calibration used, so calibration rules can be compared offline."""
+    from capscale.laws.base import deviation_quantiles, extrapolation_distance
+
+    lines = []
+    for r in outcome.records:
+        predictor = outcome.predictors.get((r.task, r.family))
+        if predictor is None or not np.isfinite(r.predicted):
+            continue
+        inner = getattr(predictor, "chosen_", predictor)
+        target = {"params": r.params, "tokens": r.tokens, "flops": r.flops if np.isfinite(r.flops) else None}
+        _, draws = inner.predictive_draws(**target)
+        calibration = getattr(inner, "calibration_", None)
+        lines.append(json.dumps({
+            "task": r.task, "family": r.family, "model": r.model, "predicted": r.predicted, "actual": r.actual,
+            "method": r.method_used, "distance": extrapolation_distance(getattr(inner, "extent_", {}), target),
+            "deviations": {str(lv): deviation_quantiles(np.asarray(draws, float), lv) for lv in (0.5, 0.8, 0.9)},
+            "residuals": calibration.residuals if calibration else [],
+            "distances": calibration.distances if calibration else []}))
+    return "\n".join(lines) + "\n"
 
 
 def read_table(out: Path, backtest: str, method: str) -> pd.DataFrame | None:
