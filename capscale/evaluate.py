@@ -150,12 +150,9 @@ def done_result(checkpoint: str, task: MCTask, rows: pd.DataFrame, report, secon
     )
 
 
-def score_task(loaded, checkpoint: str, task: MCTask, store: ResultsStore, *, token_budget: int | None = None,
-               mode: str = "auto", progress: bool = True) -> PairResult:
-    """Score one (checkpoint, task) pair with an already-loaded model and write it atomically into the store.
-
-    The one place a pair is made: the serial loop, the Ray workers and ``capscale.score`` all call it,
-    so every path writes the same rows and run note."""
+def scored_pair(loaded, checkpoint: str, task: MCTask, *, token_budget: int | None = None, mode: str = "auto",
+                progress: bool = True) -> tuple[pd.DataFrame, dict, PairResult]:
+    """(per-choice rows, run note, result) of one pair scored with an already-loaded model; nothing written."""
     from capscale.scoring.loglik import score_items
 
     start = time.perf_counter()
@@ -166,8 +163,19 @@ def score_task(loaded, checkpoint: str, task: MCTask, store: ResultsStore, *, to
     seconds = time.perf_counter() - start
     rows = choice_rows(checkpoint, task, report)
     note = run_note(checkpoint, task, report, loaded.dtype, loaded.device, loaded.max_length, seconds)
+    return rows, note, done_result(checkpoint, task, rows, report, seconds)
+
+
+def score_task(loaded, checkpoint: str, task: MCTask, store: ResultsStore, *, token_budget: int | None = None,
+               mode: str = "auto", progress: bool = True) -> PairResult:
+    """Score one (checkpoint, task) pair and write it atomically into the store.
+
+    The one place a pair is made: the serial loop, the Ray workers and ``capscale.score`` all come
+    through :func:`scored_pair`, so every path writes the same rows and run note."""
+    rows, note, result = scored_pair(loaded, checkpoint, task, token_budget=token_budget, mode=mode,
+                                     progress=progress)
     store.write_pair(checkpoint, task.name, rows, note)
-    return done_result(checkpoint, task, rows, report, seconds)
+    return result
 
 
 def evaluate_checkpoint(spec: CheckpointSpec, tasks: list[MCTask], store: ResultsStore, *, device: str = "cpu",
