@@ -14,6 +14,7 @@ checkpoints of one shape, and every task after the first, reuse it for free.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
@@ -53,18 +54,23 @@ class ScoreReport:
     warnings: list[str] = field(default_factory=list)
 
 
-def supports_logits_to_keep(model) -> bool:
-    """Per-row positions (a 2-D ``logits_to_keep``) are understood from transformers 5 on; older
-    versions would index them as one shared list and silently score the wrong positions."""
+@functools.lru_cache(maxsize=64)
+def _takes_logits_to_keep(model_class: type) -> bool:
     import transformers
 
     major = int(transformers.__version__.split(".")[0])
-    return major >= 5 and "logits_to_keep" in inspect.signature(model.forward).parameters
+    return major >= 5 and "logits_to_keep" in inspect.signature(model_class.forward).parameters
+
+
+def supports_logits_to_keep(model) -> bool:
+    """Per-row positions (a 2-D ``logits_to_keep``) are understood from transformers 5 on; older
+    versions would index them as one shared list and silently score the wrong positions."""
+    return _takes_logits_to_keep(type(model))
 
 
 @torch.no_grad()
 def forward_rows(model, batch: list[PackedRow], pad_id: int, device: str):
-    """Log-probabilities (float32) at the kept positions of each row: list of ([K_b, V], keep_list)."""
+    """Log-probabilities (float32) at the kept positions of every row, [B, K, V], and each row's kept positions."""
     dtype = next(model.parameters()).dtype
     ids, pos, mask, keep, keep_lists = batch_tensors(batch, pad_id, dtype, device)
     kwargs = dict(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=False)
@@ -73,8 +79,43 @@ def forward_rows(model, batch: list[PackedRow], pad_id: int, device: str):
     else:
         full = model(**kwargs).logits
         logits = torch.gather(full, 1, keep[:, :, None].expand(-1, -1, full.shape[-1]))
-    logprobs = torch.log_softmax(logits.float(), dim=-1)
-    return [(logprobs[b, : len(keep_lists[b])], keep_lists[b]) for b in range(len(batch))]
+    # at least float32 (half-precision logits are upcast; a float64 reference model stays float64)
+    return torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1), keep_lists
+
+
+def token_index(batch: list[PackedRow], keep_lists: list[list[int]]):
+    """For every continuation token of every request of the batch: (row, kept slot, token id, request ordinal)."""
+    rows, slots, tokens, owner, requests = [], [], [], [], []
+    for b, (row, keep_list) in enumerate(zip(batch, keep_lists)):
+        where = {p: k for k, p in enumerate(keep_list)}
+        for req, logit_rows in zip(row.requests, row.logit_rows):
+            n = len(requests)
+            requests.append(req)
+            for position, token in zip(logit_rows, req.continuation):
+                rows.append(b)
+                slots.append(where[position])
+                tokens.append(token)
+                owner.append(n)
+    return rows, slots, tokens, owner, requests
+
+
+@torch.no_grad()
+def score_batch(model, batch: list[PackedRow], pad_id: int, device: str):
+    """(request, logprob, greedy) for every request of one batch, with a fixed number of tensor ops
+    per batch (not per choice: on a GPU each small op is a launch and each float() a sync)."""
+    logprobs, keep_lists = forward_rows(model, batch, pad_id, device)
+    rows, slots, tokens, owner, requests = token_index(batch, keep_lists)
+    at = (torch.tensor(rows, device=logprobs.device), torch.tensor(slots, device=logprobs.device))
+    target = torch.tensor(tokens, device=logprobs.device)
+    index = torch.tensor(owner, device=logprobs.device)
+    token_lp = logprobs[at[0], at[1], target]
+    missed = (logprobs.argmax(dim=-1)[at[0], at[1]] != target).double()
+    # summed in float64: a float32 sum would round the total to float32's spacing at its size
+    # (7.6e-6 at |logprob| 64-128, 1.2e-4 above 1024), more than the tokens' own error
+    totals = torch.zeros(len(requests), dtype=torch.float64, device=logprobs.device)
+    totals.index_add_(0, index, token_lp.double())
+    misses = torch.zeros(len(requests), dtype=torch.float64, device=logprobs.device).index_add_(0, index, missed)
+    return list(zip(requests, totals.tolist(), (misses == 0).tolist()))
 
 
 def score_rows(model, rows: list[PackedRow], pad_id: int, device: str, token_budget: int, progress: bool, desc: str):
@@ -83,17 +124,7 @@ def score_rows(model, rows: list[PackedRow], pad_id: int, device: str, token_bud
     total = sum(len(r) for r in rows)
     with tqdm(total=total, unit="tok", desc=desc, disable=not progress, leave=False) as bar:
         for batch in batches:
-            for row, (lp, keep_list) in zip(batch, forward_rows(model, batch, pad_id, device)):
-                where = {p: k for k, p in enumerate(keep_list)}
-                for req, logit_rows in zip(row.requests, row.logit_rows):
-                    at = torch.tensor([where[p] for p in logit_rows], device=lp.device)
-                    target = torch.tensor(req.continuation, device=lp.device)
-                    rows_lp = lp[at]
-                    token_lp = rows_lp.gather(1, target[:, None]).squeeze(1)
-                    greedy = bool((rows_lp.argmax(dim=-1) == target).all())
-                    # summed in float64: a float32 sum would round the total to float32's spacing at its
-                    # size (7.6e-6 at |logprob| 64-128, 1.2e-4 above 1024), more than the tokens' own error
-                    yield req, float(token_lp.double().sum()), greedy
+            yield from score_batch(model, batch, pad_id, device)
             bar.update(sum(len(r) for r in batch))
 
 
