@@ -160,6 +160,10 @@ class PairWorker:
     def checkpoint(self, spec):
         """The loaded checkpoint of ``spec`` (loading it, and dropping the previous one, on first use)."""
         if self.current != spec.checkpoint:
+            if self.loaded is not None:
+                from capscale.sampling import release
+
+                release(self.loaded)
             self.loaded, self.load_error = None, None
             gc.collect()
             self.current = spec.checkpoint

@@ -169,6 +169,20 @@ def generator_for(loaded):
 BACKENDS = ("hf", "vllm")
 
 
+def release(loaded) -> None:
+    """Free a checkpoint's device memory before the next one loads (a vLLM engine holds most of the GPU)."""
+    close = getattr(loaded, "close", None)
+    if close is not None:
+        close()
+    import gc
+
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def load_for_sampling(spec, store: ResultsStore, device: str, dtype: str, backend: str = "hf"):
     """Load a checkpoint for the chosen backend and record it in the manifest."""
     if backend == "vllm":
@@ -442,5 +456,6 @@ def sample_checkpoints(specs, tasks: list[GenTask], store: ResultsStore, config:
                     raise
                 results.append(SamplePairResult(spec.checkpoint, task.name, "failed", message=str(e)))
             outer.update(1)
+        release(loaded)
     outer.close()
     return results

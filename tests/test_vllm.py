@@ -49,7 +49,8 @@ def gpu_checkpoint(tmp_path_factory, tokenizer):
                                   max_length=256, seed=3)
     ck = load_checkpoint(str(path), device="cuda", dtype="bfloat16")
     prompts_text = [f"the cat sat on the mat {k}" for k in range(24)]
-    prompts = [Prompt(tuple(tokenizer.encode(p, add_special_tokens=False)), k, 3, ()) for k, p in enumerate(prompts_text)]
+    prompts = [Prompt(tuple(tokenizer.encode(p, add_special_tokens=False)), k, 3, ())
+               for k, p in enumerate(prompts_text)]
     with torch.no_grad():
         greedy = generate(ck.model, tokenizer, prompts, [SampleRun(k, -1, 1) for k in range(len(prompts))], seed=0,
                           temperature=0.0, top_p=1.0, device="cuda")

@@ -85,6 +85,15 @@ class VllmCheckpoint:
         return [[completion_tokens(c.token_ids, eos) for c in out.outputs] for out in outputs]
 
 
+    def close(self) -> None:
+        """Shut the engine down so the next checkpoint's engine gets the GPU memory (best effort: the
+        engine-core handle is vLLM's V1 layout; older engines are freed by garbage collection)."""
+        core = getattr(getattr(self.engine, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+        self.engine = None
+
+
 def count_params_from_config(path: str) -> tuple[int, int, object]:
     """(non-embedding, total) parameters and the config, from an empty (meta-device) model: no weights read."""
     from accelerate import init_empty_weights
