@@ -17,14 +17,18 @@ from capscale.scoring.vllm_backend import completion_tokens, request_seed, vllm_
 
 
 def test_requests_carry_token_ids_n_and_a_seed_per_item_and_first_sample():
-    prompts = [Prompt((5, 6, 7), key=11, max_new_tokens=4, stop=("\n",)), Prompt((8,), key=12, max_new_tokens=2, stop=())]
+    prompts = [Prompt((5, 6, 7), key=11, max_new_tokens=4, stop=("\n",)),
+               Prompt((8,), key=12, max_new_tokens=2, stop=())]
     runs = [SampleRun(0, 0, 3), SampleRun(1, 4, 2), SampleRun(0, -1, 1)]
     requests = vllm_requests(prompts, runs, seed=7, temperature=0.8, top_p=0.9)
-    assert [ids for ids, _ in requests] == [[5, 6, 7], [8], [5, 6, 7]]
-    first, second, greedy = (params for _, params in requests)
-    assert (first["n"], first["max_tokens"], first["stop"], first["temperature"], first["top_p"]) == (3, 4, ["\n"], 0.8, 0.9)
+    assert [ids for ids, _, _ in requests] == [[5, 6, 7], [8], [5, 6, 7]]
+    first, second, greedy = (params for _, params, _ in requests)
+    assert (first["n"], first["max_tokens"], first["stop"]) == (3, 4, ["\n"])
+    assert (first["temperature"], first["top_p"]) == (0.8, 0.9)
     assert first["seed"] == request_seed(7, 11, 0) != second["seed"] == request_seed(7, 12, 4)
     assert second["stop"] is None and greedy["temperature"] == 0.0 and "seed" not in greedy
+    cold = vllm_requests(prompts, [SampleRun(1, 0, 5)], seed=7, temperature=0.0, top_p=1.0)
+    assert [(params["n"], copies) for _, params, copies in cold] == [(1, 5)]  # one greedy completion, 5 copies
     assert request_seed(7, 11, 0) == request_seed(7, 11, 0) != request_seed(8, 11, 0)
     assert completion_tokens([3, 4, 0], eos_id=0) == [3, 4] and completion_tokens([3, 4], eos_id=0) == [3, 4]
 

@@ -34,20 +34,22 @@ def request_seed(seed: int, key: int, start: int) -> int:
 
 
 def vllm_requests(prompts: list[Prompt], runs: list[SampleRun], *, seed: int, temperature: float,
-                  top_p: float) -> list[tuple[list[int], dict]]:
-    """(prompt token ids, SamplingParams keyword arguments) per run, in run order.
+                  top_p: float) -> list[tuple[list[int], dict, int]]:
+    """(prompt token ids, SamplingParams keyword arguments, copies) per run, in run order.
 
-    A greedy run (start -1) or temperature 0 decodes greedily (no seed: nothing is random)."""
+    A greedy run (start -1) or temperature 0 decodes greedily: one completion (n=1, no seed: nothing is
+    random), repeated ``copies`` = the run's count times (vLLM refuses n > 1 without sampling in some versions)."""
     requests = []
     for run in runs:
         prompt = prompts[run.item]
-        params = {"n": run.count, "max_tokens": prompt.max_new_tokens, "stop": list(prompt.stop) or None,
+        params = {"max_tokens": prompt.max_new_tokens, "stop": list(prompt.stop) or None,
                   "include_stop_str_in_output": True, "skip_special_tokens": True}
         if run.start < 0 or temperature == 0:
-            params |= {"temperature": 0.0}
+            requests.append((list(prompt.ids), params | {"n": 1, "temperature": 0.0}, run.count))
         else:
-            params |= {"temperature": temperature, "top_p": top_p, "seed": request_seed(seed, prompt.key, run.start)}
-        requests.append((list(prompt.ids), params))
+            params |= {"n": run.count, "temperature": temperature, "top_p": top_p,
+                       "seed": request_seed(seed, prompt.key, run.start)}
+            requests.append((list(prompt.ids), params, 1))
     return requests
 
 
@@ -79,10 +81,11 @@ class VllmCheckpoint:
         from vllm.inputs import TokensPrompt
 
         requests = vllm_requests(prompts, runs, seed=seed, temperature=temperature, top_p=top_p)
-        outputs = self.engine.generate([TokensPrompt(prompt_token_ids=ids) for ids, _ in requests],
-                                       [SamplingParams(**params) for _, params in requests], use_tqdm=False)
+        outputs = self.engine.generate([TokensPrompt(prompt_token_ids=ids) for ids, _, _ in requests],
+                                       [SamplingParams(**params) for _, params, _ in requests], use_tqdm=False)
         eos = self.tokenizer.eos_token_id
-        return [[completion_tokens(c.token_ids, eos) for c in out.outputs] for out in outputs]
+        return [[completion_tokens(c.token_ids, eos) for c in out.outputs] * copies
+                for out, (_, _, copies) in zip(outputs, requests)]
 
 
     def close(self) -> None:
