@@ -19,7 +19,7 @@ import pandas as pd
 from capscale.errors import CapscaleError
 from capscale.ladder import final_checkpoints, holdout_split
 from capscale.laws.base import STANDARD_LEVELS, Forecast
-from capscale.laws.registry import MethodOptions, make_predictor
+from capscale.laws.registry import MethodOptions, get_method, make_predictor
 
 RECORD_KEYS = ["task", "family", "model", "params", "tokens", "flops", "predicted", "lower", "upper", "actual",
                "abs_error", "lower_50", "upper_50", "lower_80", "upper_80", "method_used", "form_used", "n_points",
@@ -169,9 +169,12 @@ def run_backtest(
     def make():
         return make_predictor(method, options)
 
+    every_task = get_method(method).reads_all_tasks
+
     def one(task, tick=None):
-        task_items = None if items is None else items[items["task"].isin([task, loss_task or task])]
-        return backtest_task(train, held, task, metric, loss, loss_task, make, task_items, tick)
+        task_items = None if items is None or every_task else items[items["task"].isin([task, loss_task or task])]
+        return backtest_task(train, held, task, metric, loss, loss_task, make, items if every_task else task_items,
+                             tick)
 
     from capscale.progress import task_bar
 
