@@ -24,8 +24,9 @@ default ``--metric``):
   and two-step's step 2).
 
 P(A beats B) comes from the forecasts' own predictive draws (the bootstrap over runs, items where
-per-item data exist, and a resampled residual), centred on the point forecast and stretched by the
-predictor's calibration exactly as its intervals are (``capscale.laws.base``). Draws are paired across
+per-item data exist, and a resampled residual), centred on the point forecast, with the calibration's
+misspecification added as independent noise of the same size as its intervals add it
+(``capscale.laws.calibration``: variances add). Draws are paired across
 recipes when both were fitted on the same items and the same number of runs: the seeded bootstrap's
 resample b then redraws the same items (and the same run positions) for both. Otherwise B's draws are
 shuffled, i.e. treated as independent of A's.
@@ -41,8 +42,10 @@ from __future__ import annotations
 
 import math
 import re
+import zlib
 import warnings
 from dataclasses import dataclass, field
+from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
@@ -255,17 +258,28 @@ def interval_of(value: float, draws: np.ndarray, level: float) -> tuple[float, f
     return float(min(lo, value)), float(max(hi, value))
 
 
-def centred_draws(predictor, value: float, draws: np.ndarray, scale: dict, level: float, metric: str) -> np.ndarray:
-    """The draws as the forecast's interval sees them: deviations from their median stretched by the
-    predictor's calibration at ``level`` and this target's distance, added to the point, clipped."""
+def centred_draws(predictor, value: float, draws: np.ndarray, scale: dict, level: float, metric: str,
+                  rng: np.random.Generator) -> np.ndarray:
+    """The draws as the forecast's interval sees them (``capscale.laws.calibration``): in the predictor's
+    link space, deviations from their median added to the point, plus the misspecification the
+    calibration adds at ``level`` and this target's distance, drawn as independent normal noise whose
+    ``level`` half-width is that q (variances add, as in the interval's sqrt(h^2 + q^2)); clipped."""
     draws = np.asarray(draws, dtype=float)
     draws = draws[np.isfinite(draws)]
     if len(draws) == 0:
         return draws
     chosen = getattr(predictor, "chosen_", predictor)
-    distance = extrapolation_distance(getattr(chosen, "extent_", {}) or {}, scale)
-    widen = predictor._widening(level, distance) if getattr(predictor, "calibration_", None) is not None else 1.0
-    return np.asarray(bound(metric, value + widen * (draws - np.median(draws))), dtype=float)
+    forward, inverse = getattr(chosen, "link", None) or (lambda v: v, lambda v: v)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        deviations = forward(draws) - np.median(forward(draws))
+        deviations = deviations[np.isfinite(deviations)]
+        calibration = getattr(predictor, "calibration_", None)
+        if calibration is not None and len(deviations):
+            distance = extrapolation_distance(getattr(chosen, "extent_", {}) or {}, scale)
+            sd = calibration.extra(level, distance) / NormalDist().inv_cdf(0.5 + level / 2.0)
+            deviations = deviations + rng.normal(0.0, sd, len(deviations))
+        centred = inverse(forward(np.array(value, dtype=float)) + deviations)
+    return np.asarray(bound(metric, centred[np.isfinite(centred)]), dtype=float)
 
 
 def item_ids(items: pd.DataFrame | None, tasks) -> tuple | None:
@@ -316,6 +330,7 @@ def forecast_beliefs(spec: MethodSpec, train: pd.DataFrame, task: str, metric: s
     except (CapscaleError, ValueError, np.linalg.LinAlgError) as e:
         return [Belief(reason=f"{recipe}: {e}", compute=compute) for _ in targets]
     key = pairing_key(predictor, items, [task, loss_task or task])
+    noise = np.random.default_rng([options.seed, zlib.crc32(f"{recipe}|{task}|{spec.label}".encode())])
     used = getattr(predictor, "method_used_", "") or getattr(predictor, "form_used_", "")
     out = []
     for t in targets:
@@ -326,7 +341,7 @@ def forecast_beliefs(spec: MethodSpec, train: pd.DataFrame, task: str, metric: s
             out.append(Belief(reason=f"{recipe}: {e}", compute=compute))
             continue
         value = float(bound(rank, value))
-        draws = centred_draws(predictor, value, draws, scale, options.level, rank)
+        draws = centred_draws(predictor, value, draws, scale, options.level, rank, noise)
         lo, hi = interval_of(value, draws, options.level)
         note = "" if len(draws) else " (no draws: every bootstrap refit failed)"
         out.append(Belief(value, draws, lo, hi, used + note, key, compute))
