@@ -21,11 +21,15 @@ Loss-to-loss studies (OpenLM):
                  to the new dataset from its k = 1, 2, 3 largest runs at 20 tokens/param
                  (``capscale transfer``), beside an independent fit on those k runs and on the new
                  dataset's whole ladder
+Calibration (synthetic):
+  calibration    P(A beats B) by loss-law on synthetic recipe pairs with known truth, with and without
+                 the rolling-origin calibration: share called at 90%, right among them, reliability bins
 
     python evals/decisions/run_all.py [STUDY ...] [--n-boot 200] [--jobs 2] [--out results/decisions]
 
-Each study writes results/decisions/<study>.json (the CLI --json contract); SUMMARY.md is rebuilt
-from every JSON present, so studies can be run one at a time.
+Each study writes results/decisions/<study>.json (the CLI --json contract); SUMMARY.md and
+frontier.png (decision accuracy against compute, per study and method) are rebuilt from every JSON
+present, so studies can be run one at a time.
 """
 
 from __future__ import annotations
@@ -107,6 +111,17 @@ STUDIES = [
 BY_NAME = {s.name: s for s in STUDIES}
 
 
+def code_version() -> str:
+    """The commit the numbers come from (with "+changes" when the working tree differs from it)."""
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
 def run_study(study: DecisionStudy, n_boot: int, jobs: int) -> dict:
     from capscale.decide import decide_backtest
     from capscale.decidecli import load_ladders, read_items
@@ -121,7 +136,7 @@ def run_study(study: DecisionStudy, n_boot: int, jobs: int) -> dict:
                              options=MethodOptions(n_boot=n_boot), items=items, max_drop=study.max_drop, jobs=jobs,
                              progress=sys.stderr.isatty())
     result.update({"study": study.name, "title": study.title, "command": study.command(n_boot),
-                   "seconds": round(time.perf_counter() - t0, 1)})
+                   "seconds": round(time.perf_counter() - t0, 1), "commit": code_version()})
     return result
 
 
@@ -191,6 +206,66 @@ def run_transfer_study(ks=(1, 2, 3), step1s=("chinchilla", "auto")) -> dict:
     return {"study": "transfer", "runs": "token_multiplier == 20 (the k largest)", "records": records}
 
 
+# --- is P(A beats B) calibrated? synthetic recipes with known truth ------------------------------------
+
+def synthetic_recipes(seed: int, n_tasks: int) -> pd.DataFrame:
+    """Two recipes per task on a Chinchilla-like loss, L = E + A N^-0.34 + B (q D)^-0.28 at 20 tokens per
+    parameter, 6 sizes 1e6..1e8 and the 1e9 target; recipe B's data quality q (effective tokens per
+    token) and floor E differ from A's by a few percent, so some pairs are clear and some are close.
+    Each value is measured with 0.5% multiplicative noise: the target run's measurement is the truth."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for k in range(n_tasks):
+        floor, a, b = rng.uniform(1.6, 2.4), rng.uniform(300, 500), rng.uniform(600, 1000)
+        for recipe in ("A", "B"):
+            q = 1.0 if recipe == "A" else float(np.exp(rng.normal(0, 0.3)))
+            e = floor if recipe == "A" else floor * float(np.exp(rng.normal(0, 0.02)))
+            for n in (*np.geomspace(1e6, 1e8, 6), 1e9):
+                d = 20 * n
+                loss = e + a * n ** -0.34 + b * (q * d) ** -0.28
+                rows.append({"family": recipe, "model": f"{recipe}-{n:.0f}", "params": n, "tokens": d,
+                             "flops": 6 * n * d, "step": np.nan, "task": f"t{k}", "metric": "loss",
+                             "value": loss * float(np.exp(rng.normal(0, 0.005)))})
+    return pd.DataFrame(rows)
+
+
+def run_calibration(seeds=(0, 1, 2, 3), n_tasks: int = 12, n_boot: int = 100) -> dict:
+    """P(A beats B) by loss-law on synthetic ladders, calibrated and not: how often the called decisions
+    are right, and a reliability table (share of pairs A actually won, per bin of P)."""
+    from capscale.decide import decide
+    from capscale.laws.registry import MethodOptions
+
+    records = []
+    for calibrate in (True, False):
+        for seed in seeds:
+            result = decide(synthetic_recipes(seed, n_tasks), "family", "params > 5e8", metric="loss",
+                            methods=["loss-law"], options=MethodOptions(n_boot=n_boot, calibrate=calibrate))
+            records += [{**r, "seed": seed, "calibrated": calibrate} for r in result["records"]]
+    return {"study": "calibration", "commit": code_version(), "n_boot": n_boot, "records": records}
+
+
+def calibration_table(result: dict) -> list[str]:
+    df = pd.DataFrame(result["records"])
+    df = df[df["p_a_beats_b"].notna() & df["actual_winner"].notna()]
+    df["a_won"] = (df["actual_winner"] == df["recipe_a"]).astype(float)
+    bins = [0, 0.1, 0.3, 0.7, 0.9, 1.0001]
+    lines = ["| draws | pairs | called at 90% | right among called | "
+             + " | ".join(f"A won when P in [{lo:g}, {min(hi, 1):g}{']' if hi > 1 else ')'}" for lo, hi in zip(bins, bins[1:]))
+             + " |", "|" + "---|" * (4 + len(bins) - 1)]
+    for calibrated, g in df.groupby("calibrated", sort=False):
+        called = g[g["called"].astype(bool)]
+        cells = []
+        for lo, hi in zip(bins, bins[1:]):
+            b = g[(g["p_a_beats_b"] >= lo) & (g["p_a_beats_b"] < hi)]
+            cells.append(f"{b['a_won'].mean():.0%} of {len(b)}" if len(b) else "-")
+        lines.append(f"| {'calibrated' if calibrated else 'bootstrap only (--no-calibrate)'} | {len(g)} | "
+                     f"{len(called) / len(g):.0%} | {pct(called['correct'].astype(float).mean()) if len(called) else '-'} | "
+                     + " | ".join(cells) + " |")
+    lines += ["", f"Synthetic recipes (evals/decisions/run_all.py synthetic_recipes), method loss-law, "
+              f"n_boot {result['n_boot']}, commit {result.get('commit', '?')}."]
+    return lines
+
+
 # --- the summary ---------------------------------------------------------------------------------------
 
 def pct(v) -> str:
@@ -215,12 +290,12 @@ def decision_table(result: dict) -> list[str]:
                 cells.append(f"{pct(row['accuracy'])} ({frac:.2g})" if frac is not None else pct(row["accuracy"]))
         first = g.loc[drops[0]] if drops[0] in g.index else None
         called = f"{pct(first['called'])} / {pct(first['called_accuracy'])}" if first is not None else "-"
-        clear = f"{pct(first['clear_accuracy'])} ({first['n_clear']})" if first is not None and first["n_clear"] else "-"
+        clear = f"{pct(first['clear_accuracy'])} ({first['n_clear']})" if first is not None and first.get("n_clear") else "-"
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {clear} | {called} |")
     n = int(summary.loc[summary["dropped"] == drops[0], "n_pairs"].max())
     lines.append("")
     lines.append(f"{n} pairs with a truth at 0 dropped (task x target x pair). `{result['command']}` "
-                 f"({result.get('seconds', '?')} s)")
+                 f"({result.get('seconds', '?')} s, commit {result.get('commit', 'unrecorded: before the merge of main')})")
     return lines
 
 
@@ -283,6 +358,47 @@ def transfer_table(result: dict) -> list[str]:
     return lines
 
 
+def plot_frontier(out: Path) -> Path | None:
+    """Decision accuracy against the compute each method read (fraction of the target's), one panel per
+    decision study, one line per method through its 0, 1, 2, ... dropped rungs: the compute-decision frontier."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    studies = [(s, json.loads((out / f"{s.name}.json").read_text())) for s in STUDIES if (out / f"{s.name}.json").exists()]
+    if not studies:
+        return None
+    cols = 3
+    rows = -(-len(studies) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.0 * rows), squeeze=False)
+    for ax, (study, result) in zip(axes.flat, studies):
+        summary = pd.DataFrame(result["summary"])
+        summary = summary[(summary["n_pairs"] > 0) & summary["compute_fraction"].notna()]
+        for method, g in summary.groupby("method", sort=False):
+            g = g.dropna(subset=["compute_fraction"]).sort_values("compute_fraction")
+            style = dict(color="black", lw=2.2, marker="s") if method == "single-scale" else dict(marker="o", lw=1.3)
+            ax.plot(g["compute_fraction"], 100 * g["accuracy"], label=method, alpha=0.85, **style)
+        n = int(summary.loc[summary["dropped"] == 0, "n_pairs"].max()) if len(summary) else 0
+        ax.set_xscale("log")
+        ax.set_ylim(-5, 105)
+        ax.axhline(50, color="grey", lw=0.8, ls=":")
+        ax.set_title(f"{study.name} ({n} pairs)", fontsize=10)
+        ax.set_xlabel("compute read / target compute")
+        ax.set_ylabel("decision accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best", framealpha=0.6)
+    for ax in list(axes.flat)[len(studies):]:
+        ax.set_visible(False)
+    fig.suptitle("Compute-decision frontier: each point drops one more of the largest rungs (right to left)",
+                 fontsize=11)
+    fig.tight_layout()
+    path = out / "frontier.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_summary(out: Path) -> Path:
     lines = ["# Decisions: which recipe wins at scale (issue 15)", "",
              "Regenerate: `python evals/decisions/run_all.py` (one study: add its name). "
@@ -300,7 +416,11 @@ def write_summary(out: Path) -> Path:
         lines += [f"## {study.name}: {study.title}", "", *decision_table(result), ""]
         if study.name.startswith("toy"):
             lines += ["Per task at 0 dropped (s5 from s1-s4 and s2x5):", "", *toy_per_task(result), ""]
-    for name, title, table in (("loss_to_loss", "Loss-to-loss on the OpenLM testbed (fit <= 411M)", loss_to_loss_table),
+    if plot_frontier(out) is not None:
+        lines += ["![compute-decision frontier](frontier.png)", ""]
+    for name, title, table in (("calibration", "Is P(A beats B) calibrated? (synthetic ladders, known truth)",
+                                calibration_table),
+                               ("loss_to_loss", "Loss-to-loss on the OpenLM testbed (fit <= 411M)", loss_to_loss_table),
                                ("transfer", "Transfer to a new dataset from k runs (OpenLM)", transfer_table)):
         path = out / f"{name}.json"
         if path.exists():
@@ -314,7 +434,7 @@ def write_summary(out: Path) -> Path:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("studies", nargs="*", help=f"studies to run (default all): "
-                        f"{', '.join([s.name for s in STUDIES] + ['loss_to_loss', 'transfer'])}")
+                        f"{', '.join([s.name for s in STUDIES] + ['loss_to_loss', 'transfer', 'calibration'])}")
     parser.add_argument("--n-boot", type=int, default=200)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", default=str(ROOT / "results" / "decisions"))
@@ -323,13 +443,15 @@ def main(argv=None) -> int:
     warnings.simplefilter("ignore")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    names = args.studies or [s.name for s in STUDIES] + ["loss_to_loss", "transfer"]
+    names = args.studies or [s.name for s in STUDIES] + ["loss_to_loss", "transfer", "calibration"]
     for name in [] if args.summary_only else names:
         t0 = time.perf_counter()
         if name == "loss_to_loss":
             result = run_loss_to_loss()
         elif name == "transfer":
             result = run_transfer_study()
+        elif name == "calibration":
+            result = run_calibration(n_boot=args.n_boot)
         elif name in BY_NAME:
             result = run_study(BY_NAME[name], args.n_boot, args.jobs)
         else:
