@@ -329,3 +329,20 @@ def test_a_pair_without_draws_is_ranked_but_never_called():
     both = decide_pair("task", target, MethodSpec("direct"), "acc", "A", "B", spread,
                        Belief(0.50, np.random.default_rng(1).normal(0.50, 0.01, 200), 0.48, 0.52), 0.9, 0)
     assert both.called and both.decision == "A"
+
+
+def test_decide_picks_the_toy_recipe_that_wins_facts_at_s5_from_the_shipped_stores(tmp_path):
+    """End to end on the shipped toy stores (recipe A = results/toy, B = results/toy_b): with s5 held out,
+    ranking at s4 (paired over the same 434 items) calls recipe A on facts, and A is what s5 measured."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "toy.json"
+    code = main(["decide", str(root / "results" / "toy"), str(root / "results" / "toy_b"), "--recipe-col", "family",
+                 "--target", "params > 3e5", "--task", "facts", "--method", "single-scale", "--n-boot", "200",
+                 "--jobs", "1", "--no-progress", "--json", str(out)])
+    assert code == 0
+    (record,) = json.loads(out.read_text())["records"]
+    assert record["recipe_a"] == "toy" and record["recipe_b"] == "toy-b" and record["paired"]
+    assert record["called"] and record["decision"] == "toy" == record["actual_winner"]
+    assert record["actual_a"] > record["actual_b"]
