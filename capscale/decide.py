@@ -24,9 +24,9 @@ default ``--metric``):
   and two-step's step 2).
 
 P(A beats B) comes from the forecasts' own predictive draws (the bootstrap over runs, items where
-per-item data exist, and a resampled residual), centred on the point forecast, with the calibration's
-misspecification added as independent noise of the same size as its intervals add it
-(``capscale.laws.calibration``: variances add). Draws are paired across
+per-item data exist, and a resampled residual), centred on the point forecast, plus the calibration's
+misspecification as normal noise of the size its intervals add (``capscale.laws.calibration``:
+variances add), common to both recipes of a pair (see ``p_beats``). Draws are paired across
 recipes when both were fitted on the same items and the same number of runs: the seeded bootstrap's
 resample b then redraws the same items (and the same run positions) for both. Otherwise B's draws are
 shuffled, i.e. treated as independent of A's.
@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import math
 import re
-import zlib
 import warnings
 from dataclasses import dataclass, field
 from statistics import NormalDist
@@ -233,9 +232,26 @@ def resolve_targets(ladder: pd.DataFrame, recipe_col: str, target: str,
 
 # --- one recipe's belief about one target -----------------------------------------------------------
 
+@dataclass(frozen=True)
+class Misspecification:
+    """What the calibration adds at one target (``capscale.laws.calibration``): normal noise in the
+    predictor's link space whose ``level`` half-width is the held-out errors' quantile q, so that
+    variances add as in the intervals' sqrt(h^2 + q^2)."""
+    sd: float
+    metric: str
+    link: tuple | None = None  # (forward, inverse); None: the metric's own units
+
+    def add(self, draws: np.ndarray, z: np.ndarray) -> np.ndarray:
+        forward, inverse = self.link or (lambda v: v, lambda v: v)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            moved = inverse(forward(draws) + self.sd * z[:len(draws)])
+        return np.asarray(bound(self.metric, np.where(np.isfinite(moved), moved, draws)), dtype=float)
+
+
 @dataclass
 class Belief:
-    """One recipe's value at a target by one method, with draws on the same scale (calibrated and centred)."""
+    """One recipe's value at a target by one method: the bootstrap draws centred on the point, and the
+    misspecification the calibration adds on top (kept apart: see p_beats)."""
     value: float = math.nan
     draws: np.ndarray = field(default_factory=lambda: np.zeros(0))
     lower: float = math.nan
@@ -244,10 +260,14 @@ class Belief:
     pair_key: tuple | None = None  # equal keys: the draws come from the same item resamples
     compute: float = math.nan
     reason: str = ""
+    misspecification: Misspecification | None = None
 
     @property
     def ok(self) -> bool:
         return not self.reason and np.isfinite(self.value)
+
+    def with_misspecification(self, draws: np.ndarray, z: np.ndarray) -> np.ndarray:
+        return draws if self.misspecification is None else self.misspecification.add(draws, z)
 
 
 def interval_of(value: float, draws: np.ndarray, level: float) -> tuple[float, float]:
@@ -258,28 +278,28 @@ def interval_of(value: float, draws: np.ndarray, level: float) -> tuple[float, f
     return float(min(lo, value)), float(max(hi, value))
 
 
-def centred_draws(predictor, value: float, draws: np.ndarray, scale: dict, level: float, metric: str,
-                  rng: np.random.Generator) -> np.ndarray:
-    """The draws as the forecast's interval sees them (``capscale.laws.calibration``): in the predictor's
-    link space, deviations from their median added to the point, plus the misspecification the
-    calibration adds at ``level`` and this target's distance, drawn as independent normal noise whose
-    ``level`` half-width is that q (variances add, as in the interval's sqrt(h^2 + q^2)); clipped."""
+def centred_draws(predictor, value: float, draws: np.ndarray, scale: dict, level: float,
+                  metric: str) -> tuple[np.ndarray, Misspecification | None]:
+    """The bootstrap draws as the forecast's interval sees them: in the predictor's link space, their
+    deviations from the median added to the point, clipped; and the misspecification its calibration
+    adds at ``level`` and this target's extrapolation distance (None without a calibration)."""
     draws = np.asarray(draws, dtype=float)
     draws = draws[np.isfinite(draws)]
     if len(draws) == 0:
-        return draws
+        return draws, None
     chosen = getattr(predictor, "chosen_", predictor)
-    forward, inverse = getattr(chosen, "link", None) or (lambda v: v, lambda v: v)
+    link = getattr(chosen, "link", None)
+    forward, inverse = link or (lambda v: v, lambda v: v)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         deviations = forward(draws) - np.median(forward(draws))
-        deviations = deviations[np.isfinite(deviations)]
-        calibration = getattr(predictor, "calibration_", None)
-        if calibration is not None and len(deviations):
-            distance = extrapolation_distance(getattr(chosen, "extent_", {}) or {}, scale)
-            sd = calibration.extra(level, distance) / NormalDist().inv_cdf(0.5 + level / 2.0)
-            deviations = deviations + rng.normal(0.0, sd, len(deviations))
-        centred = inverse(forward(np.array(value, dtype=float)) + deviations)
-    return np.asarray(bound(metric, centred[np.isfinite(centred)]), dtype=float)
+        centred = inverse(forward(np.array(value, dtype=float)) + deviations[np.isfinite(deviations)])
+    centred = np.asarray(bound(metric, centred[np.isfinite(centred)]), dtype=float)
+    calibration = getattr(predictor, "calibration_", None)
+    if calibration is None or len(centred) == 0:
+        return centred, None
+    distance = extrapolation_distance(getattr(chosen, "extent_", {}) or {}, scale)
+    q = calibration.extra(level, distance)
+    return centred, Misspecification(q / NormalDist().inv_cdf(0.5 + level / 2.0), metric, link) if q > 0 else None
 
 
 def item_ids(items: pd.DataFrame | None, tasks) -> tuple | None:
@@ -330,7 +350,6 @@ def forecast_beliefs(spec: MethodSpec, train: pd.DataFrame, task: str, metric: s
     except (CapscaleError, ValueError, np.linalg.LinAlgError) as e:
         return [Belief(reason=f"{recipe}: {e}", compute=compute) for _ in targets]
     key = pairing_key(predictor, items, [task, loss_task or task])
-    noise = np.random.default_rng([options.seed, zlib.crc32(f"{recipe}|{task}|{spec.label}".encode())])
     used = getattr(predictor, "method_used_", "") or getattr(predictor, "form_used_", "")
     out = []
     for t in targets:
@@ -341,10 +360,12 @@ def forecast_beliefs(spec: MethodSpec, train: pd.DataFrame, task: str, metric: s
             out.append(Belief(reason=f"{recipe}: {e}", compute=compute))
             continue
         value = float(bound(rank, value))
-        draws = centred_draws(predictor, value, draws, scale, options.level, rank, noise)
-        lo, hi = interval_of(value, draws, options.level)
-        note = "" if len(draws) else " (no draws: every bootstrap refit failed)"
-        out.append(Belief(value, draws, lo, hi, used + note, key, compute))
+        draws, misspecification = centred_draws(predictor, value, draws, scale, options.level, rank)
+        belief = Belief(value, draws, method_used=used + ("" if len(draws) else " (no draws: every bootstrap refit failed)"),
+                        pair_key=key, compute=compute, misspecification=misspecification)
+        z = np.random.default_rng(options.seed).standard_normal(len(draws))
+        belief.lower, belief.upper = interval_of(value, belief.with_misspecification(draws, z), options.level)
+        out.append(belief)
     return out
 
 
@@ -438,9 +459,13 @@ def noise_draws(row, items: pd.Series | None, metric: str, rng, n: int) -> np.nd
 # --- the decision ------------------------------------------------------------------------------------
 
 def p_beats(a: Belief, b: Belief, metric: str, seed: int) -> tuple[float, np.ndarray, bool]:
-    """P(A beats B) on the metric's sense, and the draws of A - B; paired draws where the keys agree,
-    else B's draws shuffled (independent). One side without draws: its point against the other's draws;
-    neither: the point comparison (1, 0 or 0.5)."""
+    """P(A beats B) on the metric's sense, and the draws of A - B. Bootstrap draws pair where the keys
+    agree, else B's are shuffled (independent). The calibration's misspecification is common to both:
+    draw i of A and of B get the same standard-normal z_i, each scaled by its own recipe's size, since
+    held-out errors measure how the law's form misses at this distance, and the same form fitted to two
+    similar recipes misses alike (independent noise would count it twice in the difference and call
+    nothing). One side without draws: its point against the other's draws; neither: the point
+    comparison (1, 0 or 0.5)."""
     s = sense(metric)
     if len(a.draws) == 0 or len(b.draws) == 0:
         da = a.draws if len(a.draws) else np.full(max(len(b.draws), 1), a.value)
@@ -452,7 +477,8 @@ def p_beats(a: Belief, b: Belief, metric: str, seed: int) -> tuple[float, np.nda
     da, db = a.draws[:n], b.draws[:n]
     if not paired:
         db = np.random.default_rng(seed + 7).permutation(db)
-    diff = da - db
+    z = np.random.default_rng(seed + 11).standard_normal(n)
+    diff = a.with_misspecification(da, z) - b.with_misspecification(db, z)
     p = float(np.mean(s * diff > 0) + 0.5 * np.mean(diff == 0))
     return p, diff, paired
 
