@@ -11,7 +11,8 @@ from capscale.errors import CapscaleError
 from capscale.laws.auto import AutoPredictor
 from capscale.laws.fitting import fit_form, refit_many
 from capscale.laws.forms import FORMS, normalise_inputs
-from capscale.laws.predictors import CarryForwardPredictor, DirectPredictor, TwoStepPredictor
+from capscale.laws.direct import CarryForwardPredictor, DirectPredictor
+from capscale.laws.twostep import TwoStepPredictor
 from capscale.laws.rolling import origin_splits
 from capscale.synthetic import olmo_like_ladder
 

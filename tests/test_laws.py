@@ -13,7 +13,8 @@ from capscale.laws.backtest import RECORD_KEYS
 from capscale.laws.fitting import FitError, fit_form
 from capscale.laws.forms import FORMS, normalise_inputs
 from capscale.laws.persist import load_predictor, save_predictor
-from capscale.laws.predictors import DirectPredictor, TwoStepPredictor
+from capscale.laws.direct import DirectPredictor
+from capscale.laws.twostep import TwoStepPredictor
 
 RNG_SEED = 1234
 
@@ -156,7 +157,7 @@ def test_closed_form_gradients_match_complex_step(name):
 
 
 def test_smoothing_operator_equals_pandas_rolling():
-    from capscale.laws.predictors import smoothing_operator
+    from capscale.laws.twostep import smoothing_operator
 
     ladder = synthetic_ladder()
     points = ladder[ladder["metric"] == "acc"].reset_index(drop=True).assign(loss=lambda d: d["value"])

@@ -27,7 +27,9 @@ import pandas as pd
 from capscale.errors import CapscaleError
 from capscale.laws.base import Forecast
 from capscale.laws.calibration import DEFAULT_GROWTH
-from capscale.laws.predictors import CarryForwardPredictor, DirectPredictor, TaskPredictor, TwoStepPredictor
+from capscale.laws.direct import CarryForwardPredictor, DirectPredictor
+from capscale.laws.predictors import TaskPredictor
+from capscale.laws.twostep import TwoStepPredictor
 from capscale.laws.rolling import OriginPoint, internal_backtest, mean_error, task_finals
 
 CANDIDATE_ORDER = ("two-step", "two-step (exponential)", "choice-mass", "pass-until-items", "pass-until",

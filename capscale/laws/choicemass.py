@@ -70,7 +70,9 @@ from capscale.laws.forms import SCALE_INPUTS
 from capscale.laws.base import REPORT_EVERY, Forecast, RunColumns, run_keys
 from capscale.progress import report_refits
 from capscale.laws.calibration import DEFAULT_GROWTH
-from capscale.laws.predictors import STEP1_FORMS, TaskPredictor, TwoStepPredictor, fit_step1, n_free, predict_loss
+from capscale.laws.predictors import TaskPredictor
+from capscale.laws.step1 import STEP1_FORMS, fit_step1, n_free, predict_loss
+from capscale.laws.twostep import TwoStepPredictor
 from capscale.schema import target_scale
 
 SCORE_OF = {"acc": "raw", "p_correct": "raw", "brier": "raw", "acc_norm": "chars", "acc_bytes": "bytes"}

@@ -31,7 +31,8 @@ def predictor_classes() -> dict:
     from capscale.laws.auto import AutoPredictor
     from capscale.laws.choicemass import ChoiceMassPredictor
     from capscale.laws.passuntil import PassUntilPredictor
-    from capscale.laws.predictors import CarryForwardPredictor, DirectPredictor, TwoStepPredictor
+    from capscale.laws.direct import CarryForwardPredictor, DirectPredictor
+    from capscale.laws.twostep import TwoStepPredictor
 
     classes = {c.__name__: c for c in (AutoPredictor, ChoiceMassPredictor, PassUntilPredictor, CarryForwardPredictor,
                                        DirectPredictor, TwoStepPredictor)}

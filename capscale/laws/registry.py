@@ -55,20 +55,20 @@ def _auto(o: MethodOptions):
 
 
 def _two_step(o: MethodOptions):
-    from capscale.laws.predictors import TwoStepPredictor
+    from capscale.laws.twostep import TwoStepPredictor
 
     return TwoStepPredictor(step1=o.step1, step2=o.step2, ceiling=o.ceiling, anchor_weight=o.anchor_weight,
                             pool=o.pool, **o.common())
 
 
 def _direct(o: MethodOptions):
-    from capscale.laws.predictors import DirectPredictor
+    from capscale.laws.direct import DirectPredictor
 
     return DirectPredictor(form=o.extra.get("form", "auto"), x=o.x or "auto", **o.common())
 
 
 def _carry_forward(o: MethodOptions):
-    from capscale.laws.predictors import CarryForwardPredictor
+    from capscale.laws.direct import CarryForwardPredictor
 
     return CarryForwardPredictor(x=o.x or "auto", **o.common())
 
