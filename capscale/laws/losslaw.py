@@ -27,7 +27,9 @@ from capscale.laws.base import RUN_KEYS, ItemResampler, RunColumns, dof_warning,
 from capscale.laws.calibration import DEFAULT_GROWTH
 from capscale.laws.fitting import FitError, FitResult, fit_form, refit_many
 from capscale.laws.forms import LOSS_TO_LOSS, shifted_power_params
-from capscale.laws.predictors import STEP1_FORMS, TaskPredictor, TwoStepPredictor, fit_step1, n_free, predict_loss
+from capscale.laws.predictors import TaskPredictor
+from capscale.laws.step1 import STEP1_FORMS, fit_step1, n_free, predict_loss
+from capscale.laws.twostep import TwoStepPredictor
 from capscale.progress import report_refits
 from capscale.schema import metric_kind, target_scale
 

@@ -33,7 +33,7 @@ from capscale.laws.base import RUN_KEYS
 from capscale.laws.fitting import FitError, FitResult, fit_form
 from capscale.laws.forms import LOSS_TO_LOSS
 from capscale.laws.losslaw import loss_law_fit, require_loss
-from capscale.laws.predictors import predict_loss
+from capscale.laws.step1 import predict_loss
 from capscale.schema import target_scale
 
 FREE_ORDER = ("E1", "a", "kappa")  # the new floor, then K (a = ln K in raw units), then the exponent
