@@ -510,6 +510,13 @@ def add_fit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def cmd_report(args) -> int:
+    from capscale.report.command import run
+
+    default_metric(args)
+    return run(args, method_options(args))
+
+
 def cmd_toy_ladder(args) -> int:
     from capscale import toyladder
 
@@ -640,6 +647,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="DIR", help="write one PNG per task here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_trends)
+
+    p = sub.add_parser("report", help="one HTML page (and report.json) from a ladder: fits, forecasts, "
+                                      "predictability triage, trends, provenance")
+    from capscale.report.command import add_arguments
+
+    add_arguments(p)
+    add_fit_options(p)
+    p.set_defaults(func=cmd_report)
 
     try:
         from capscale import toyladder
