@@ -67,7 +67,7 @@ def parse(path: Path) -> Page:
 @pytest.fixture(scope="module")
 def toy_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("toy-report")
-    code = main(["report", str(TOY), "--out", str(out), "--n-boot", "40", "--n-sim", "99", "--no-progress",
+    code = main(["report", str(TOY / "ladder.csv"), "--out", str(out), "--n-boot", "40", "--n-sim", "99", "--no-progress",
                  "--target", "params=1e6,tokens=2e7"])
     assert code == 0
     return out

@@ -20,6 +20,7 @@ from capscale.schema import metric_kind
 
 TARGET_MARKERS = ("D", "s", "^", "v", "P", "X", "h")
 GRID_POINTS = 16
+EARLY_RANGE = 30.0  # the metric panel starts 30x below the smallest run's last checkpoint (earlier: clipped)
 AXIS_LABELS = {"flops": "training compute (FLOPs, 6·N·D)", "params": "parameters (non-embedding)"}
 DPI = 90
 
@@ -71,7 +72,7 @@ def limits(points, intervals=(), bounded: bool = False) -> tuple[float, float]:
     ends = np.asarray([e for e in intervals if e is not None and np.isfinite(e)], float)
     if len(ends):
         lo, hi = max(min(lo, float(ends.min())), lo - span), min(max(hi, float(ends.max())), hi + span)
-    pad = 0.06 * (hi - lo)
+    pad = 0.06 * max(hi - lo, span)
     lo, hi = lo - pad, hi + pad
     if bounded:
         lo, hi = max(lo, -0.02), min(hi, 1.02)
@@ -99,7 +100,7 @@ class Panel:
     """One axes and the values its limits are computed from."""
 
     def __init__(self, ax):
-        self.ax, self.points, self.ends = ax, [], []
+        self.ax, self.points, self.ends, self.x_low = ax, [], [], []
 
     def add(self, values, lower=(), upper=()):
         self.points += list(np.ravel(values))
@@ -145,6 +146,7 @@ def draw_metric_panel(panel: Panel, pair, rows: pd.DataFrame, targets, colour, l
         ax.axhline(chance, color="gray", ls=":", lw=1)
     ax.set_xscale("log")
     ax.set_xlabel(AXIS_LABELS[axis])
+    panel.x_low.append(finals[axis].min() / EARLY_RANGE)
 
 
 def draw_step1_panel(panel: Panel, pair, targets, colour) -> None:
@@ -205,7 +207,7 @@ def draw_step2_panel(panel: Panel, pair, colour) -> None:
     ax.set_xlabel(f"task loss ({model.loss_metric_}); better to the right")
 
 
-def legends(fig, families: dict, targets: list[dict], chance: bool) -> None:
+def legends(fig, families: dict, targets: list[dict], chance: bool, columns: int = 5) -> None:
     """Colour = family, marker = what the point is: two legends under the panels, not one per curve."""
     from matplotlib.lines import Line2D
 
@@ -218,9 +220,8 @@ def legends(fig, families: dict, targets: list[dict], chance: bool) -> None:
               Line2D([], [], color="gray", marker="*", mec="k", ms=11, ls="", label="held-out run: truth")]
     if chance:
         marks.append(Line2D([], [], color="gray", ls=":", lw=1, label="chance"))
-    fig.legend(handles=colour_handles, fontsize=8, loc="lower left", ncol=min(len(colour_handles), 4),
-               title="family", title_fontsize=8, frameon=False)
-    fig.legend(handles=marks, fontsize=8, loc="lower right", ncol=min(len(marks), 4), frameon=False)
+    handles = colour_handles + marks
+    fig.legend(handles=handles, fontsize=8, loc="lower center", ncol=min(len(handles), columns), frameon=False)
 
 
 def save(fig, path: Path, legend_rows: int) -> Path:
@@ -258,12 +259,15 @@ def task_figure(task: str, pairs: list, ladder: pd.DataFrame, targets: list[dict
         panels[1].ax.set_ylim(*limits(panels[1].points, panels[1].ends, bounded))
         panels[0].ax.set_ylim(*limits(panels[0].points, panels[0].ends))
     metric_panel.ax.set_ylim(*limits(metric_panel.points, metric_panel.ends, bounded))
+    if metric_panel.x_low:
+        metric_panel.ax.set_xlim(left=min(metric_panel.x_low))
     has_chance = "chance" in ladder.columns and ladder.loc[ladder["task"] == task, "chance"].notna().any()
-    legends(fig, {p.family: colours[p.family] for p in pairs}, targets, has_chance)
+    columns = 5 if two_step else 3
+    legends(fig, {p.family: colours[p.family] for p in pairs}, targets, has_chance, columns)
     methods = sorted({method_name(p) for p in pairs})
     fig.suptitle(f"{task}: {metric} — data, fit ({', '.join(methods)}), forecasts and held-out backtest", fontsize=10)
-    n_marks = 5 + len(targets) + has_chance
-    return save(fig, path, legend_rows=max(-(-n_marks // 4), -(-len(pairs) // 4)))
+    n_handles = len(pairs) + 4 + len(targets) + has_chance
+    return save(fig, path, legend_rows=-(-n_handles // columns))
 
 
 def method_name(pair) -> str:
@@ -277,10 +281,13 @@ def ladder_figure(runs: list[dict], targets: list[dict], colours: dict, path: Pa
     plt = _pyplot()
     table = pd.DataFrame(runs)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for family, group in table.groupby("family", sort=True):
-        ax1.scatter(group["params"], group["flops"], color=colours[family], edgecolor="k", lw=0.5, s=30, label=family)
-        ax2.scatter(group["params"], group["tokens_per_param"], color=colours[family], edgecolor="k", lw=0.5, s=30)
-        if len(table) <= 20:
+    families = sorted(table["family"].unique())
+    for i, (family, group) in enumerate(table.groupby("family", sort=True)):
+        size = 30 + 40 * (len(families) - 1 - i)  # families that share sizes stay visible, larger ones behind
+        ax1.scatter(group["params"], group["flops"], color=colours[family], edgecolor="k", lw=0.5, s=size,
+                    label=family)
+        ax2.scatter(group["params"], group["tokens_per_param"], color=colours[family], edgecolor="k", lw=0.5, s=size)
+        if len(table) <= 12:
             for _, run in group.iterrows():
                 ax1.annotate(str(run["model"]), (run["params"], run["flops"]), fontsize=6, xytext=(3, -8),
                              textcoords="offset points")
