@@ -514,7 +514,7 @@ def cmd_report(args) -> int:
     from capscale.report.command import run
 
     default_metric(args)
-    return run(args, method_options(args))
+    return run(args, method_options(args), argv=args.argv)
 
 
 def cmd_toy_ladder(args) -> int:
@@ -669,6 +669,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command line, for reports' provenance
     try:
         return args.func(args)
     except CapscaleError as e:

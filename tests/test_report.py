@@ -94,7 +94,8 @@ def test_toy_report_has_every_task_every_figure_and_no_external_url(toy_report):
             assert (toy_report / link).is_file(), link
     html = (toy_report / "index.html").read_text()
     assert "http://" not in html and "https://" not in html
-    assert report["provenance"]["ladder_sha256"] and "report" in report["provenance"]["command"]
+    assert len(report["provenance"]["ladder_sha256"]) == 64
+    assert report["provenance"]["command"].startswith("capscale report ") and "--n-boot 40" in report["provenance"]["command"]
 
 
 def test_toy_report_emergent_arith_is_flagged(toy_report):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import platform
+import shlex
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -367,7 +368,7 @@ def provenance(source: str, settings: Settings, argv: list[str] | None) -> dict:
     from capscale import __version__
 
     options = settings.options
-    return {"capscale": __version__, "command": "capscale " + " ".join(argv) if argv is not None else "",
+    return {"capscale": __version__, "command": shlex.join(["capscale", *argv]) if argv is not None else "",
             "ladder": source, "ladder_sha256": fingerprint_file(Path(source)),
             "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "seeds": {"fits": options.seed, "trends": options.seed},

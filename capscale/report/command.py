@@ -4,6 +4,7 @@ read the inputs once, collect the numbers, draw the figures, write ``DIR/index.h
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -103,10 +104,13 @@ def run(args, options, argv: list[str] | None = None) -> int:
     report = collected.report
     report["figures"] = write_figures(collected, out, settings.progress)
     report["decisions"] = decisions_section(collected.ladder, settings.metric, out / "figures", options.seed)
-    if report["decisions"]:
-        report["decisions"]["figures"] = [str(Path(p).resolve().relative_to(out.resolve())) if Path(p).is_absolute()
-                                          else p for p in report["decisions"]["figures"]]
+    if report["decisions"]:  # figure paths relative to the page
+        report["decisions"]["figures"] = [os.path.relpath(Path(p).resolve(), out.resolve())
+                                          for p in report["decisions"]["figures"]]
     report["provenance"]["seconds"] = round(time.time() - started, 1)
+    from capscale.trends import _jsonable  # NaN -> null, numpy scalars -> Python: strict JSON
+
+    report = _jsonable(report)
     (out / "report.json").write_text(json.dumps(report, indent=1, allow_nan=False))
     (out / "index.html").write_text(render(report), encoding="utf-8")
     counts = {}
