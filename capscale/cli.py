@@ -510,6 +510,13 @@ def add_fit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def cmd_report(args) -> int:
+    from capscale.report.command import run
+
+    default_metric(args)
+    return run(args, method_options(args), argv=args.argv)
+
+
 def cmd_toy_ladder(args) -> int:
     from capscale import toyladder
 
@@ -645,6 +652,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_decision_parsers(sub)
 
+    p = sub.add_parser("report", help="one HTML page (and report.json) from a ladder: fits, forecasts, "
+                                      "predictability triage, trends, provenance")
+    from capscale.report.command import add_arguments
+
+    add_arguments(p)
+    add_fit_options(p)
+    p.set_defaults(func=cmd_report)
+
     try:
         from capscale import toyladder
     except ImportError:
@@ -658,6 +673,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command line, for reports' provenance
     try:
         return args.func(args)
     except CapscaleError as e:
