@@ -7,7 +7,7 @@ where a per-call check used to double the time. Each run starts with an empty se
 
 * one task of 16 items;
 * eight tasks of 16 items (one ``score_items`` call per task, as ``capscale eval`` does);
-* one task of 240 items.
+* one task of 240 items (``--large-items``).
 
 The two modes alternate, best of ``--repeats`` wall times per mode (the load of a shared
 machine drifts; alternating puts both in the same windows). Model: the random-init ~12M Llama of
@@ -40,6 +40,7 @@ from capscale.tasks.jsonl import load_jsonl_task
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--large-items", type=int, default=240, help="items of the large task (default 240)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--vocab", type=int, default=8192)
     ap.add_argument("--d-model", type=int, default=256)
@@ -49,12 +50,12 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-def workloads(items) -> dict[str, list[list]]:
+def workloads(items, large: int) -> dict[str, list[list]]:
     """name -> the tasks (item lists) one run scores, one score_items call each."""
     return {
         "1 task x 16 items": [items[:16]],
         "8 tasks x 16 items": [items[16 * k: 16 * (k + 1)] for k in range(8)],
-        "1 task x 240 items": [items[:240]],
+        f"1 task x {large} items": [items[:large]],
     }
 
 
@@ -74,7 +75,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="capscale-modes-") as tmp:
         ck = load_checkpoint(str(build_checkpoint(Path(tmp) / "llama", task.items, args)))
         run(ck, [task.items[:4]], "auto")  # warm-up
-        for name, tasks in workloads(task.items).items():
+        for name, tasks in workloads(task.items, args.large_items).items():
             times = {"shared": [], "auto": []}
             used = {}
             for _ in range(args.repeats):
