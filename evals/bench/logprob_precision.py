@@ -128,6 +128,17 @@ def write_markdown(path: Path, res: dict) -> None:
              f"{args.items} items with {args.context}-token contexts from fiveshot_facts; max over all choices.", "",
              "| quantity | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     lines += [f"| {label} | " + " | ".join(format(rows[n][key], fmt) for n in names) + " |" for label, key, fmt in labels]
+    lines += ["", "Reading, per workload: the float32 spacing at the largest |logprob| bounds how close any float32 "
+              "total can be; lm-eval's float32 sum alone (its own token log-probs re-summed in float64) moves a "
+              "total by the row above it; both scorers are farther from the float64 reference than from each other.",
+              ""]
+    for n in names:
+        r = rows[n]
+        lines.append(f"- {n}: |lm-eval − capscale| {r['lm_eval_vs_capscale']:.1e} = "
+                     f"{r['lm_eval_vs_capscale'] / r['max_abs_logprob']:.1e} of the largest |logprob| "
+                     f"({r['max_abs_logprob']:.0f}, float32 spacing {r['float32_ulp_at_max']:.1e}); lm-eval's float32 "
+                     f"sum alone: {r['float32_sum_vs_float64_sum']:.1e}; packing alone: "
+                     f"{r['packed_vs_one_row_per_choice']:.1e}.")
     lines += ["", *provenance_lines(res, "."), ""]
     path.write_text("\n".join(lines))
 
