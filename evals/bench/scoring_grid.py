@@ -182,15 +182,18 @@ def write_markdown(path: Path, res: dict) -> None:
         "Random-init Llama checkpoints (vocabulary 8192, float32, CPU), items built from "
         "`evals/tasks/fiveshot_facts.jsonl` (context = its last N tokens, short answers as choices). "
         "Speed-up = lm-eval wall time / capscale wall time on the same items (each capscale run includes one "
-        "self-check). FLOP ratio = lm-eval's work / capscale's work (the speed-up at equal FLOP/s).",
+        "self-check). CPU-time ratio = the same with process CPU seconds (less sensitive to other jobs' load, "
+        "though spinning threads count). FLOP ratio = lm-eval's work / capscale's work (the speed-up at equal "
+        "FLOP/s).",
         "",
-        "| model | context | choices | items | choice tokens | speed-up | FLOP ratio | max \\|Δ logprob\\| | "
-        "max \\|Δ\\|/\\|logprob\\| | load |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | context | choices | items | choice tokens | speed-up | CPU-time ratio | FLOP ratio | "
+        "max \\|Δ logprob\\| | max \\|Δ\\|/\\|logprob\\| | load |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in cells:
         lines.append(f"| {c['model']} | {c['context']} | {c['choices']} | {c['items']} | "
-                     f"{c['mean_choice_tokens']:.1f} | **{c['speedup']:.2f}×** | {c['flop_ratio']:.2f} | "
+                     f"{c['mean_choice_tokens']:.1f} | **{c['speedup']:.2f}×** | "
+                     f"{c['lm_eval_cpu_s'] / c['capscale_cpu_s']:.2f}× | {c['flop_ratio']:.2f} | "
                      f"{c['max_abs_diff']:.1e} | {c['max_rel_diff']:.1e} | {c['loadavg']:.1f} |")
     speeds = [c["speedup"] for c in cells]
     at_target = [c["speedup"] for c in cells if c["context"] == 500 and c["choices"] == 4]
