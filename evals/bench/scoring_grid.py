@@ -233,16 +233,19 @@ def main(argv=None) -> int:
                           f"{cell['speedup']:5.2f}x (FLOP ratio {cell['flop_ratio']:5.2f}), capscale "
                           f"{cell['capscale_s']:6.2f}s lm-eval {cell['lm_eval_s']:6.2f}s, max |d| "
                           f"{cell['max_abs_diff']:.1e}, load {cell['loadavg']:.1f}", flush=True)
+                    write_results(Path(args.out), cells, loadavg_before, args, argv)  # a stopped grid keeps its cells
             del lm, ck
+    print(f"wrote {Path(args.out) / 'scoring_grid.json'} and {Path(args.out) / 'scoring_grid.md'}")
+    return 0
+
+
+def write_results(out: Path, cells: list[dict], loadavg_before: float, args, argv) -> None:
     command = [os.path.relpath(__file__, ROOT)] + (sys.argv[1:] if argv is None else list(argv))
     res = {"command": "python " + shlex.join(command), "args": vars(args), "machine": machine("cpu"),
            "cells": cells, "loadavg_before": loadavg_before, "loadavg_after": os.getloadavg()[0]}
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "scoring_grid.json").write_text(json.dumps(res, indent=2) + "\n")
     write_markdown(out / "scoring_grid.md", res)
-    print(f"wrote {out / 'scoring_grid.json'} and {out / 'scoring_grid.md'}")
-    return 0
 
 
 if __name__ == "__main__":
