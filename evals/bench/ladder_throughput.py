@@ -152,9 +152,10 @@ def write_report(out: Path, res: dict) -> None:
              f"pairs, {args.limit} items per task, float32 on CPU. Each runner is timed as fresh command lines "
              "(process start, imports and model loading included). The Ray and serial stores were checked equal.",
              "", "| runner | pairs | wall s | pairs/s | load |", "|---|---:|---:|---:|---:|"]
-    lines += [f"| {r['runner']} | {r['pairs']} | {r['seconds']:.1f} | **{r['pairs_per_s']:.3f}** | {r['loadavg']:.1f} |"
-              for r in res["rows"]]
-    lines += ["", *res.get("notes", [])]
+    lines += [f"| {r['runner']} | {r['pairs']} | {r['seconds']:.1f} | **{r['pairs_per_s']:.3f}** | "
+              + ("—" if r["loadavg"] is None else f"{r['loadavg']:.1f}") + " |" for r in res["rows"]]
+    for note in res.get("notes", []):
+        lines += ["", note]
     lines += ["", *provenance_lines(res, ". The load column is the 1-min load average after each runner."), ""]
     (out / "ladder_throughput.md").write_text("\n".join(lines))
     print(f"wrote {out / 'ladder_throughput.json'} and {out / 'ladder_throughput.md'}")
