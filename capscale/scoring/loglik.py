@@ -156,15 +156,16 @@ def probe_group(groups: list[list[ChoiceRequest]]) -> list[ChoiceRequest] | None
 
 
 def self_check(model, groups: list[list[ChoiceRequest]], pad_id: int, device: str) -> float:
-    """Max |shared - independent| logprob on the probe group (0.0 when sharing cannot differ)."""
+    """Max |shared - independent| logprob on the probe group (0.0 when sharing cannot differ).
+
+    The packed row and the one-row-per-choice rows go through the model as one batch: on a small
+    task the check's cost is its number of forward calls (each a fixed number of ops), not its tokens."""
     probe = probe_group(groups)
     if probe is None:
         return 0.0
-    shared = {r.choice_index: lp for r, lp, _ in score_rows(model, [pack_group(probe)], pad_id, device, 10**9,
-                                                             False, "")}
-    alone = {r.choice_index: lp for r, lp, _ in score_rows(model, pack_independent(probe), pad_id, device, 10**9,
-                                                            False, "")}
-    return max(abs(shared[k] - alone[k]) for k in shared)
+    scored = score_batch(model, [pack_group(probe), *pack_independent(probe)], pad_id, device)
+    shared, alone = scored[: len(probe)], scored[len(probe):]  # row order: the packed row's requests first
+    return max(abs(lp - alone_lp) for (_, lp, _), (_, alone_lp, _) in zip(shared, alone))
 
 
 def sharing_gap(model, groups: list[list[ChoiceRequest]], pad_id: int, device: str) -> float:

@@ -88,4 +88,16 @@ def provenance_lines(res: dict, note: str) -> list[str]:
         + (f", GPU {m['gpu']}" if "gpu" in m else "")
         + f"; Python {m['python']}, torch {m['torch']}, transformers {m['transformers']}, lm-eval {m['lm_eval']}; "
         f"1-min load average before/after {res['loadavg_before']:.2f}/{res['loadavg_after']:.2f}" + note,
+        *shared_machine_lines(res),
     ]
+
+
+def shared_machine_lines(res: dict) -> list[str]:
+    """A plain warning when other jobs held the cores: load above the core count slows both sides of a
+    comparison, and multi-threaded ops the most (see tiny_op_microseconds), so ratios are noisier."""
+    cores = res["machine"]["cpu_cores_visible"] or 1
+    load = max(res["loadavg_before"], res["loadavg_after"])
+    if load <= cores:
+        return []
+    return ["", f"**Shared machine**: other jobs ran at the same time (1-min load up to {load:.1f} on "
+                f"{cores} cores), so wall times are longer and ratios noisier than on a quiet machine."]

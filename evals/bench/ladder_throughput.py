@@ -48,6 +48,8 @@ def parse_args(argv=None):
     ap.add_argument("--workers", type=int, default=2, help="Ray workers (default 2)")
     ap.add_argument("--batch-size", type=int, default=8, help="lm-eval batch size (default 8)")
     ap.add_argument("--skip-lm-eval", action="store_true")
+    ap.add_argument("--lm-eval-checkpoints", type=int, metavar="K",
+                    help="time lm-eval on the first K checkpoints only (pairs/s over their pairs; default all)")
     ap.add_argument("--out", default=str(ROOT / "results" / "bench"))
     return ap.parse_args(argv)
 
@@ -74,8 +76,8 @@ def same_store(a: Path, b: Path) -> bool:
         ((x["logprob"] - y["logprob"]).abs() <= 1e-6 * x["logprob"].abs()).all())
 
 
-def lm_eval_loop(spec: Path, tmp: Path, limit: int, batch_size: int) -> float:
-    """One lm_eval command per checkpoint of the spec, on the spec's MC tasks (YAMLs written here)."""
+def lm_eval_loop(spec: Path, tmp: Path, limit: int, batch_size: int, n_checkpoints: int | None = None) -> float:
+    """One lm_eval command per checkpoint of the spec (the first ``n_checkpoints``), on the spec's MC tasks."""
     from capscale.toyladder.tasks import write_lm_eval_yamls
 
     data = yaml.safe_load(spec.read_text())
@@ -83,7 +85,7 @@ def lm_eval_loop(spec: Path, tmp: Path, limit: int, batch_size: int) -> float:
     yamls = write_lm_eval_yamls(task_dir, tmp / "lm_eval_yamls")
     names = ",".join(p.stem for p in yamls)
     total = 0.0
-    for entry in data["checkpoints"]:
+    for entry in data["checkpoints"][:n_checkpoints]:
         path = (spec.parent / entry["path"]).resolve()
         total += timed_command(["lm_eval", "--model", "hf", "--model_args", f"pretrained={path},dtype=float32",
                                 "--tasks", names, "--include_path", str(tmp / "lm_eval_yamls"), "--limit", str(limit),
@@ -107,10 +109,10 @@ def main(argv=None) -> int:
         pairs = len(data["checkpoints"]) * len(data["tasks"])
         rows = []
 
-        def add(name: str, seconds: float, note: str = "") -> None:
-            rows.append({"runner": name, "seconds": seconds, "pairs": pairs, "pairs_per_s": pairs / seconds,
-                         "note": note, "loadavg": os.getloadavg()[0]})
-            print(f"{name:55s} {seconds:8.1f} s  {pairs / seconds:6.3f} pairs/s", flush=True)
+        def add(name: str, seconds: float, n_pairs: int = pairs) -> None:
+            rows.append({"runner": name, "seconds": seconds, "pairs": n_pairs, "pairs_per_s": n_pairs / seconds,
+                         "loadavg": os.getloadavg()[0]})
+            print(f"{name:55s} {seconds:8.1f} s  {n_pairs / seconds:6.3f} pairs/s", flush=True)
 
         add("capscale ladder-eval (serial, one process)", timed_command(capscale_cmd(spec, tmp / "serial", args.limit)))
         add(f"capscale ladder-eval --ray (local cluster started by the command, {args.workers} workers)",
@@ -127,26 +129,36 @@ def main(argv=None) -> int:
             subprocess.run([ray_cli, "stop", "--force"], env=ENV, capture_output=True)
         assert same_store(tmp / "serial", tmp / "ray-auto")
         if not args.skip_lm_eval:
-            add(f"lm_eval once per checkpoint (batch size {args.batch_size})",
-                lm_eval_loop(spec, tmp, args.limit, args.batch_size))
+            k = min(args.lm_eval_checkpoints or len(data["checkpoints"]), len(data["checkpoints"]))
+            add(f"lm_eval once per checkpoint (batch size {args.batch_size}; {k} checkpoints)",
+                lm_eval_loop(spec, tmp, args.limit, args.batch_size, k), k * len(data["tasks"]))
         shutil.rmtree(tmp / "lm_eval_out", ignore_errors=True)
     command = [os.path.relpath(__file__, ROOT)] + (sys.argv[1:] if argv is None else list(argv))
     res = {"command": "python " + shlex.join(command), "args": vars(args), "machine": machine("cpu"), "rows": rows,
            "checkpoints": len(data["checkpoints"]), "tasks": len(data["tasks"]),
            "loadavg_before": loadavg_before, "loadavg_after": os.getloadavg()[0]}
-    out = Path(args.out)
+    write_report(Path(args.out), res)
+    return 0
+
+
+def write_report(out: Path, res: dict) -> None:
+    """ladder_throughput.{json,md} from the measured rows."""
+    args = argparse.Namespace(**res["args"])
+    pairs = res["checkpoints"] * res["tasks"]
     out.mkdir(parents=True, exist_ok=True)
     (out / "ladder_throughput.json").write_text(json.dumps(res, indent=2) + "\n")
     lines = ["# Ladder throughput: capscale serial vs Ray vs lm-eval per checkpoint", "",
              f"Toy smoke ladder: {res['checkpoints']} checkpoints x {res['tasks']} multiple-choice tasks = {pairs} "
              f"pairs, {args.limit} items per task, float32 on CPU. Each runner is timed as fresh command lines "
              "(process start, imports and model loading included). The Ray and serial stores were checked equal.",
-             "", "| runner | wall s | pairs/s | load |", "|---|---:|---:|---:|"]
-    lines += [f"| {r['runner']} | {r['seconds']:.1f} | **{r['pairs_per_s']:.3f}** | {r['loadavg']:.1f} |" for r in rows]
+             "", "| runner | pairs | wall s | pairs/s | load |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {r['runner']} | {r['pairs']} | {r['seconds']:.1f} | **{r['pairs_per_s']:.3f}** | "
+              + ("—" if r["loadavg"] is None else f"{r['loadavg']:.1f}") + " |" for r in res["rows"]]
+    for note in res.get("notes", []):
+        lines += ["", note]
     lines += ["", *provenance_lines(res, ". The load column is the 1-min load average after each runner."), ""]
     (out / "ladder_throughput.md").write_text("\n".join(lines))
     print(f"wrote {out / 'ladder_throughput.json'} and {out / 'ladder_throughput.md'}")
-    return 0
 
 
 if __name__ == "__main__":

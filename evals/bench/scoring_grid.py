@@ -182,15 +182,18 @@ def write_markdown(path: Path, res: dict) -> None:
         "Random-init Llama checkpoints (vocabulary 8192, float32, CPU), items built from "
         "`evals/tasks/fiveshot_facts.jsonl` (context = its last N tokens, short answers as choices). "
         "Speed-up = lm-eval wall time / capscale wall time on the same items (each capscale run includes one "
-        "self-check). FLOP ratio = lm-eval's work / capscale's work (the speed-up at equal FLOP/s).",
+        "self-check). CPU-time ratio = the same with process CPU seconds (less sensitive to other jobs' load, "
+        "though spinning threads count). FLOP ratio = lm-eval's work / capscale's work (the speed-up at equal "
+        "FLOP/s).",
         "",
-        "| model | context | choices | items | choice tokens | speed-up | FLOP ratio | max \\|Δ logprob\\| | "
-        "max \\|Δ\\|/\\|logprob\\| | load |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | context | choices | items | choice tokens | speed-up | CPU-time ratio | FLOP ratio | "
+        "max \\|Δ logprob\\| | max \\|Δ\\|/\\|logprob\\| | load |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in cells:
         lines.append(f"| {c['model']} | {c['context']} | {c['choices']} | {c['items']} | "
-                     f"{c['mean_choice_tokens']:.1f} | **{c['speedup']:.2f}×** | {c['flop_ratio']:.2f} | "
+                     f"{c['mean_choice_tokens']:.1f} | **{c['speedup']:.2f}×** | "
+                     f"{c['lm_eval_cpu_s'] / c['capscale_cpu_s']:.2f}× | {c['flop_ratio']:.2f} | "
                      f"{c['max_abs_diff']:.1e} | {c['max_rel_diff']:.1e} | {c['loadavg']:.1f} |")
     speeds = [c["speedup"] for c in cells]
     at_target = [c["speedup"] for c in cells if c["context"] == 500 and c["choices"] == 4]
@@ -230,16 +233,19 @@ def main(argv=None) -> int:
                           f"{cell['speedup']:5.2f}x (FLOP ratio {cell['flop_ratio']:5.2f}), capscale "
                           f"{cell['capscale_s']:6.2f}s lm-eval {cell['lm_eval_s']:6.2f}s, max |d| "
                           f"{cell['max_abs_diff']:.1e}, load {cell['loadavg']:.1f}", flush=True)
+                    write_results(Path(args.out), cells, loadavg_before, args, argv)  # a stopped grid keeps its cells
             del lm, ck
+    print(f"wrote {Path(args.out) / 'scoring_grid.json'} and {Path(args.out) / 'scoring_grid.md'}")
+    return 0
+
+
+def write_results(out: Path, cells: list[dict], loadavg_before: float, args, argv) -> None:
     command = [os.path.relpath(__file__, ROOT)] + (sys.argv[1:] if argv is None else list(argv))
     res = {"command": "python " + shlex.join(command), "args": vars(args), "machine": machine("cpu"),
            "cells": cells, "loadavg_before": loadavg_before, "loadavg_after": os.getloadavg()[0]}
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "scoring_grid.json").write_text(json.dumps(res, indent=2) + "\n")
     write_markdown(out / "scoring_grid.md", res)
-    print(f"wrote {out / 'scoring_grid.json'} and {out / 'scoring_grid.md'}")
-    return 0
 
 
 if __name__ == "__main__":
