@@ -249,7 +249,7 @@ def check_text(df: pd.DataFrame, source: str) -> pd.DataFrame:
 
 
 def fill_flops(df: pd.DataFrame) -> pd.DataFrame:
-    """flops = 6·params·tokens where flops is missing and both factors are known (DESIGN.md default)."""
+    """flops = 6·params·tokens where flops is missing and both factors are known (docs/design.md default)."""
     out = df.copy()
     if "flops" not in out.columns:
         out["flops"] = np.nan

@@ -1,4 +1,4 @@
-"""Per-choice rows -> per-item metrics -> task metrics -> the ladder table of DESIGN.md.
+"""Per-choice rows -> per-item metrics -> task metrics -> the ladder table of docs/design.md.
 
 Definitions (per item; task value = mean over items):
 - acc        argmax of logprob is the gold choice (first index wins ties, like numpy/lm-eval)
@@ -82,7 +82,7 @@ def task_metrics(items: pd.DataFrame) -> pd.DataFrame:
 
 
 def ladder_table(choices: pd.DataFrame | None, manifest: pd.DataFrame, samples: pd.DataFrame | None = None) -> pd.DataFrame:
-    """DESIGN.md ladder table (+ checkpoint, stderr, n_items, chance) from per-choice rows, per-sample rows
+    """docs/design.md ladder table (+ checkpoint, stderr, n_items, chance) from per-choice rows, per-sample rows
     (either may be None) and the manifest."""
     parts = []
     if choices is not None:
