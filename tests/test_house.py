@@ -153,3 +153,25 @@ def test_readme_from_python_runs_as_written():
     assert 0.0 <= lower <= value <= upper <= 1.0
     assert "facts" in done.stdout and "predicted" in done.stdout  # the backtest table
     assert "heavy: []" in done.stdout  # the main job needs no torch
+
+
+def test_wheel_ships_the_task_files(tmp_path):
+    """A non-editable install runs the shipped task names: the wheel holds every JSONL of evals/tasks."""
+    import shutil
+    import zipfile
+
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "capscale", src / "capscale", symlinks=True,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "evals" / "tasks", src / "evals" / "tasks")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                           str(src), "-w", str(tmp_path / "dist")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    (wheel,) = (tmp_path / "dist").glob("capscale-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = {f"capscale/tasks/shipped/{p.relative_to(ROOT / 'evals' / 'tasks')}"
+               for p in (ROOT / "evals" / "tasks").rglob("*.jsonl")}
+    assert len(shipped) >= 9
+    assert shipped <= names, sorted(shipped - names)
