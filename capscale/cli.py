@@ -280,24 +280,14 @@ def cmd_ingest(args) -> int:
 def per_item_data(ladder_path: str, items_source: str | None, method: str):
     """The per-item data the method reads (capscale.laws.registry), from --items or from the ladder
     itself when it is a store: per-choice rows, their per-item metrics, or per-item sample counts."""
-    from capscale.ladder import is_results_store
+    from capscale.ladder import is_results_store, read_items
     from capscale.laws.registry import get_method
 
     kind = get_method(method).items
     source = items_source or (ladder_path if is_results_store(Path(ladder_path)) else None)
     if source is None or kind is None:
         return None
-    if kind == "choices":  # the per-choice rows themselves: a store, or a CSV/Parquet file of them
-        from capscale.laws.choicemass import load_choice_rows
-
-        return load_choice_rows(source)
-    from capscale.store import ResultsStore
-
-    if kind == "samples":
-        return ResultsStore(source).read_samples()[["checkpoint", "task", "item", "n_drawn", "n_correct", "until"]]
-    from capscale.metrics import item_metrics
-
-    return item_metrics(ResultsStore(source).read_choices())
+    return read_items(source, kind)
 
 
 def default_metric(args) -> None:
@@ -431,15 +421,15 @@ def cmd_predict(args) -> int:
 
 
 def cmd_trends(args) -> int:
-    """Classify every family x task curve (capscale/trends.py) and report the evidence."""
+    """Classify every family x task curve (capscale.trends) and report the evidence."""
     import json
 
-    from capscale.ladder import is_results_store, load_ladder
-    from capscale.trends import analyse_ladder, load_items
+    from capscale.ladder import is_results_store, load_ladder, read_items
+    from capscale.trends import analyse_ladder
 
     ladder = load_ladder(args.ladder, drop_nonfinite=args.drop_nonfinite)
     source = args.items or (args.ladder if is_results_store(Path(args.ladder)) else None)
-    items = load_items(source) if source else None
+    items = read_items(source, "items") if source else None
     report = analyse_ladder(ladder, args.metric, items=items, tasks=args.task, families=args.family,
                             direction=args.direction, alpha=args.alpha, n_sim=args.n_sim, seed=args.seed,
                             progress=not args.no_progress)

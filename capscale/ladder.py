@@ -1,6 +1,6 @@
 """Ladder-table I/O: load, validate and slice the long table every predictor consumes.
 
-The table (DESIGN.md) has one row per checkpoint x task x metric:
+The table (docs/design.md) has one row per checkpoint x task x metric:
 ``family, model, params, tokens, flops, step, task, metric, value`` plus any extra columns
 (stderr, n_items, chance, num_fewshot, token_multiplier, ...), which stay available to
 holdout queries. ``params`` means non-embedding parameters unless a file says otherwise.
@@ -15,7 +15,6 @@ or flops ≤ 0 except at step 0, a run's initial checkpoint) and a probability o
 
 from __future__ import annotations
 
-import re
 import warnings
 from pathlib import Path
 
@@ -131,6 +130,84 @@ def read_file(path: Path) -> pd.DataFrame:
     return read_table(path, "ladder table")
 
 
+# --- per-item data: one reader for every method, the trends and the plots ------------------
+
+ITEM_KINDS = ("choices", "samples", "items")
+ITEM_KEY = ["checkpoint", "task", "item"]
+CHOICE_ROW_COLUMNS = [*ITEM_KEY, "choice", "gold", "logprob"]
+SAMPLE_ROW_COLUMNS = [*ITEM_KEY, "n_drawn", "n_correct", "until"]
+
+
+def read_items(source: str | Path, kind: str) -> pd.DataFrame:
+    """Per-item data from a results store (folder) or a CSV / CSV.gz / Parquet file, as ``kind`` asks.
+
+    - ``"choices"``: the per-choice rows (docs/design.md: checkpoint, task, item, choice, gold, logprob,
+      n_tokens, n_chars, n_bytes, greedy), which choice-mass models;
+    - ``"samples"``: per-sample counts (checkpoint, task, item, n_drawn, n_correct, until), which the
+      per-item PassUntil law fits;
+    - ``"items"``: per-item metrics (checkpoint, task, item, one column per metric; capscale.metrics) of
+      everything a store holds or of a per-choice / per-sample rows file; any other file with
+      checkpoint, task, item is a per-item table taken as it is. Item resampling and trend noise use it.
+
+    Each method declares its kind in capscale.laws.registry, so no caller switches on method names.
+    """
+    if kind not in ITEM_KINDS:
+        raise ValueError(f"kind must be one of {ITEM_KINDS}, got {kind!r}")
+    path = Path(source)
+    if path.is_dir():
+        return store_items(path, kind)
+    if not path.exists():
+        raise LadderError(f"{path}: no such per-item data file or results store")
+    return file_items(read_table(path, "a per-item data file (per-choice, per-sample or per-item rows)"), path, kind)
+
+
+def store_items(path: Path, kind: str) -> pd.DataFrame:
+    from capscale.metrics import store_item_metrics
+    from capscale.store import ResultsStore
+
+    store = ResultsStore(path)
+    if kind == "choices":
+        return require_item_columns(store.read_choices(), path, CHOICE_ROW_COLUMNS, "per-choice rows")
+    if kind == "samples":
+        return store.read_samples()[SAMPLE_ROW_COLUMNS]
+    if not is_results_store(path):
+        raise LadderError(f"{path}: per-item data must be a results store (choices/ or samples/ + checkpoints.csv) "
+                          "or a per-choice / per-sample / per-item rows file")
+    return store_item_metrics(*store.read_rows())
+
+
+def file_items(raw: pd.DataFrame, path: Path, kind: str) -> pd.DataFrame:
+    from capscale.metrics import item_metrics, sample_item_metrics
+
+    if kind == "choices":
+        return require_item_columns(raw, path, CHOICE_ROW_COLUMNS, "per-choice rows")
+    if kind == "samples":
+        return require_item_columns(raw, path, SAMPLE_ROW_COLUMNS, "per-sample rows")[SAMPLE_ROW_COLUMNS]
+    cols = set(require_item_columns(raw, path, ITEM_KEY, "per-item data").columns)
+    if {"choice", "gold", "logprob"} <= cols:
+        for c in ("n_chars", "n_bytes", "n_tokens"):
+            if c not in raw.columns:
+                raw[c] = -1
+        raw["gold"] = raw["gold"].astype(bool)
+        out = item_metrics(raw)
+        if (raw["n_bytes"] <= 0).all():
+            out = out.drop(columns=["bpb_correct", "acc_bytes", "acc_norm"])  # byte/char counts unknown
+        return out
+    if {"n_drawn", "n_correct", "until"} <= cols:
+        for c in ("greedy_correct", "exact_p"):
+            if c not in raw.columns:
+                raw[c] = np.nan
+        return sample_item_metrics(raw)
+    return raw
+
+
+def require_item_columns(rows: pd.DataFrame, path: Path, columns: list[str], what: str) -> pd.DataFrame:
+    missing = [c for c in columns if c not in rows.columns]
+    if missing:
+        raise LadderError(f"{path}: {what} lack columns {missing} (docs/design.md: {', '.join(columns)})")
+    return rows
+
+
 # --- validation (pure: DataFrame in, DataFrame out) --------------------------------------
 
 def check_columns(df: pd.DataFrame, source: str) -> None:
@@ -172,7 +249,7 @@ def check_text(df: pd.DataFrame, source: str) -> pd.DataFrame:
 
 
 def fill_flops(df: pd.DataFrame) -> pd.DataFrame:
-    """flops = 6·params·tokens where flops is missing and both factors are known (DESIGN.md default)."""
+    """flops = 6·params·tokens where flops is missing and both factors are known (docs/design.md default)."""
     out = df.copy()
     if "flops" not in out.columns:
         out["flops"] = np.nan

@@ -1,4 +1,4 @@
-"""Per-choice rows -> per-item metrics -> task metrics -> the ladder table of DESIGN.md.
+"""Per-choice rows -> per-item metrics -> task metrics -> the ladder table of docs/design.md.
 
 Definitions (per item; task value = mean over items):
 - acc        argmax of logprob is the gold choice (first index wins ties, like numpy/lm-eval)
@@ -82,7 +82,7 @@ def task_metrics(items: pd.DataFrame) -> pd.DataFrame:
 
 
 def ladder_table(choices: pd.DataFrame | None, manifest: pd.DataFrame, samples: pd.DataFrame | None = None) -> pd.DataFrame:
-    """DESIGN.md ladder table (+ checkpoint, stderr, n_items, chance) from per-choice rows, per-sample rows
+    """docs/design.md ladder table (+ checkpoint, stderr, n_items, chance) from per-choice rows, per-sample rows
     (either may be None) and the manifest."""
     parts = []
     if choices is not None:
@@ -112,7 +112,7 @@ def sample_item_metrics(samples: pd.DataFrame) -> pd.DataFrame:
     """Per checkpoint x task x item: pass_until (PassUntil estimate, never 0; items out of budget get the
     posterior mean under the task's empirical-Bayes prior), pass_at_1 (exactly unbiased
     under the stopping rule), greedy_acc (greedy answer correct) and exact_p (exact probability, if computed)."""
-    from capscale.scoring.estimators import beta_prior, pass_until_estimate, unbiased_p
+    from capscale.estimators import beta_prior, pass_until_estimate, unbiased_p
 
     samples = samples.reset_index(drop=True)
     n, c, k = (samples[col].to_numpy() for col in ("n_drawn", "n_correct", "until"))
@@ -151,9 +151,9 @@ def sample_task_metrics(samples: pd.DataFrame) -> pd.DataFrame:
 def sample_checkpoint_table(samples: pd.DataFrame, manifest: pd.DataFrame, *, level: float = 0.9,
                             n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
     """One row per checkpoint x task of a sampled generative task: greedy accuracy, the PassUntil
-    estimate with its bootstrap interval (:func:`capscale.scoring.estimators.task_estimate`), the
+    estimate with its bootstrap interval (:func:`capscale.estimators.task_estimate`), the
     unbiased pass@1, the exact probability (mean over items) and the manifest's scale columns."""
-    from capscale.scoring.estimators import task_estimate
+    from capscale.estimators import task_estimate
 
     records = []
     for (checkpoint, task), g in samples.groupby(["checkpoint", "task"], sort=True):

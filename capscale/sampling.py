@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from capscale.errors import CapscaleError, StoreError
 from capscale.scoring.allocation import plan_round
 from capscale.scoring.checkers import Checker, truncate_at_stop
-from capscale.scoring.estimators import pass_until_estimate
+from capscale.estimators import pass_until_estimate
 from capscale.scoring.sandbox import require_kernel_isolation
 from capscale.scoring.sampler import Prompt, SampleRun, generate, item_key
 from capscale.store import ResultsStore, atomic_write_bytes, corrupt_message

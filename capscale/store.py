@@ -1,7 +1,7 @@
 """The results store: per-choice rows as a Parquet dataset, a checkpoint manifest, run notes.
 
 Layout under OUT:
-  checkpoints.csv                   one row per checkpoint (DESIGN.md manifest + model, params_total)
+  checkpoints.csv                   one row per checkpoint (docs/design.md manifest + model, params_total)
   choices/<checkpoint>--<task>.parquet   per-choice rows of one (checkpoint, task) pair
   runs/<checkpoint>--<task>.json    what the run counted (truncations, mode, timing) and its fingerprint
   samples/<checkpoint>--<task>.parquet      per-item sampling counts of a generative task (SAMPLE_SCHEMA)
@@ -64,7 +64,7 @@ CHOICE_SCHEMA = pa.schema(
 )
 CHOICE_COLUMNS = CHOICE_SCHEMA.names
 
-# DESIGN.md per-sample rows (checkpoint, task, item, n_drawn, n_correct, stop_reason, seed) plus what a
+# docs/design.md per-sample rows (checkpoint, task, item, n_drawn, n_correct, stop_reason, seed) plus what a
 # reader needs to interpret them without the run note: the stopping rule, sampling settings, the greedy
 # answer and the exact pass probability (NaN unless computed).
 SAMPLE_SCHEMA = pa.schema(

@@ -55,7 +55,8 @@ def _draw_progress(ax, r, ladder, items) -> None:
                 transform=ax.transAxes)
         ax.set_axis_off()
         return
-    from capscale.trends import TrendError, family_points, strongest_metric
+    from capscale.trends.analysis import family_points, strongest_metric
+    from capscale.trends.classes import TrendError
 
     metric = strongest_metric(tested)
     info = tested[metric]

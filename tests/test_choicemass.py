@@ -12,15 +12,10 @@ import pytest
 from capscale.cli import main
 from capscale.errors import CapscaleError
 from capscale.laws.backtest import RECORD_KEYS, run_backtest
-from capscale.laws.choicemass import (
-    ChoiceMassPredictor,
-    choice_mass_table,
-    choice_trajectories,
-    item_compute_correlations,
-    item_outcomes,
-    load_choice_rows,
-    margin_pairs,
-)
+from capscale.ladder import read_items
+from capscale.laws.choicemass import ChoiceMassPredictor, choice_mass_table, item_compute_correlations
+from capscale.laws.choicemass.mixed import item_outcomes
+from capscale.laws.choicemass.rows import choice_trajectories, margin_pairs
 from capscale.metrics import item_metrics, ladder_table
 from capscale.store import ResultsStore
 
@@ -205,7 +200,7 @@ def test_fit_predict_round_trip_and_loss_chain(tmp_path, capsys):
 def test_shipped_inverse_scaling_rows_and_diagnostics(tmp_path):
     """The shipped pilot file: two-choice items whose gold label moves across an exact tie (settled to one
     index), two OPT sizes (lines interpolate: said in a warning), and the diagnostics on real rows."""
-    rows = load_choice_rows("results/ladders/inverse_scaling_pilot_items.csv.gz")
+    rows = read_items("results/ladders/inverse_scaling_pilot_items.csv.gz", "choices")
     rows = rows[rows["task"] == "syllogism-0shot-opt"]
     manifest = pd.read_csv("results/ladders/inverse_scaling_pilot_checkpoints.csv")
     ladder = ladder_table(rows, manifest)

@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from capscale.scoring.allocation import plan_round, uniform_allocation
-from capscale.scoring.estimators import (
+from capscale.estimators import (
     TaskEstimate,
     item_interval,
     pass_at_k,

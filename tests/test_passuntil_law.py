@@ -10,9 +10,10 @@ from capscale.errors import CapscaleError
 from capscale.laws.backtest import RECORD_KEYS, run_backtest
 from capscale.laws.fitting import fit_form, value_and_jacobian
 from capscale.laws.forms import FORMS, PASS_UNTIL_POWER, normalise_inputs
-from capscale.laws.passuntil import PassUntilPredictor, accelerated_emergence, fit_law, law_parameters
+from capscale.laws.passuntil import PassUntilPredictor, fit_law, law_parameters
+from capscale.trends.emergence import accelerated_emergence
 from capscale.laws.persist import load_predictor, save_predictor
-from capscale.scoring.estimators import item_interval, pass_until_estimate
+from capscale.estimators import item_interval, pass_until_estimate
 
 SIZES = np.geomspace(1e8, 3e9, 7)  # the ladder; 1e10 is held out
 TARGET = 1e10

@@ -14,7 +14,7 @@ from capscale.cli import main
 from capscale.errors import StoreError
 from capscale.models import load_checkpoint
 from capscale.sampling import PairState, SamplingConfig, SamplingRun, sample_pair, sampling_fingerprint
-from capscale.scoring.estimators import item_interval
+from capscale.estimators import item_interval
 from capscale.store import ResultsStore
 from capscale.tasks.generative import load_gen_jsonl
 

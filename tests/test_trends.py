@@ -10,14 +10,10 @@ import pytest
 
 from capscale.cli import main
 from capscale.ladder import validate
-from capscale.trends import (
-    analyse_ladder,
-    bigbench_scores,
-    curve_noise,
-    decide_shape,
-    item_covariance,
-    load_items,
-)
+from capscale.ladder import read_items
+from capscale.trends import analyse_ladder, decide_shape
+from capscale.trends.evidence import bigbench_scores
+from capscale.trends.noise import curve_noise, item_covariance
 
 N_SIM = 199
 T7 = np.linspace(0.0, 3.0, 7)
@@ -187,7 +183,7 @@ def test_cli_items_from_a_per_choice_rows_file(tmp_path):
     items_path, ladder_path, out_json = tmp_path / "items.csv.gz", tmp_path / "ladder.csv", tmp_path / "r.json"
     pd.DataFrame(rows).to_csv(items_path, index=False)
     pd.DataFrame(ladder).to_csv(ladder_path, index=False)
-    assert "bpb_correct" not in load_items(items_path).columns   # byte counts unknown
+    assert "bpb_correct" not in read_items(items_path, "items").columns   # byte counts unknown
     rc = main(["trends", str(ladder_path), "--items", str(items_path), "--json", str(out_json), "--n-sim", str(N_SIM)])
     assert rc == 0
     result = json.loads(out_json.read_text())["results"][0]
@@ -203,7 +199,7 @@ def test_per_sample_rows_give_pass_until_noise(tmp_path):
             for i, c in enumerate(np.random.default_rng(2).binomial(100, rate, 40))]
     path = tmp_path / "samples.parquet"
     pd.DataFrame(rows).to_parquet(path)
-    items = load_items(path)
+    items = read_items(path, "items")
     points = points_frame(checkpoint=["c1", "c2", "c3", "c4"],
                           value=items.groupby("checkpoint")["pass_until"].mean().to_numpy())
     noise = curve_noise(points, "pass_until", items, "g")

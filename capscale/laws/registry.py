@@ -39,7 +39,7 @@ class Method:
     name: str
     build: Callable[[MethodOptions], object]
     default_metric: str
-    items: str | None  # per-item data it reads: "choices" (per-choice rows), "item_metrics", "samples", or None
+    items: str | None  # per-item data it reads (capscale.ladder.read_items): "choices", "items", "samples", or None
     items_required: bool
     plot: str  # function of capscale.plots that draws its backtest
     summary: str
@@ -92,10 +92,10 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("auto", _auto, "acc", "choices", False, "plot_forecast",
            "the candidate that forecasts the ladder's own largest runs best (rolling origin, over all its tasks)",
            "AutoPredictor", reads_all_tasks=True),
-    Method("two-step", _two_step, "acc", "item_metrics", False, "plot_two_step",
+    Method("two-step", _two_step, "acc", "items", False, "plot_two_step",
            "compute -> task loss -> metric (OLMo ladder), step-1 form by rolling origin, anchored ceiling",
            "TwoStepPredictor"),
-    Method("direct", _direct, "acc", "item_metrics", False, "plot_direct",
+    Method("direct", _direct, "acc", "items", False, "plot_direct",
            "compute -> metric: sigmoid, 2-parameter sigmoid or line in log compute", "DirectPredictor"),
     Method("carry-forward", _carry_forward, "acc", None, False, "plot_direct",
            "the largest run's value, interval from the family's observed steps", "CarryForwardPredictor"),

@@ -1,6 +1,6 @@
 """Judge a generated completion against a generative item's answer.
 
-Four checks (the ``check`` field of a generative item, DESIGN.md):
+Four checks (the ``check`` field of a generative item, docs/design.md):
 
 - ``exact``: the stripped completion equals the stripped answer;
 - ``number``: the first number in the completion equals the answer (``-1,234.5`` style);

@@ -1,4 +1,4 @@
-"""Load our generative JSONL format (DESIGN.md): items scored by sampling, not by choices.
+"""Load our generative JSONL format (docs/design.md): items scored by sampling, not by choices.
 
 ``{"id": "g3", "prompt": "890 + 169 =", "answer": "1059", "check": "exact", "stop": ["\\n"], "max_new_tokens": 8}``
 

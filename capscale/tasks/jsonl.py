@@ -1,4 +1,4 @@
-"""Load our multiple-choice JSONL format (DESIGN.md): one item per line.
+"""Load our multiple-choice JSONL format (docs/design.md): one item per line.
 
 ``{"id": "q17", "context": "...", "choices": ["...", "..."], "gold": 1}``
 

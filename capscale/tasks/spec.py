@@ -16,11 +16,12 @@ from capscale.tasks.jsonl import load_jsonl_task
 from capscale.tasks.schema import MCTask
 
 LMEVAL_PREFIX = "lm-eval:"
-SHIPPED_TASKS = Path(__file__).resolve().parents[2] / "evals" / "tasks"
+# evals/tasks of the source tree; a link there in a checkout, package data in an installed wheel
+SHIPPED_TASKS = (Path(__file__).parent / "shipped").resolve()
 
 
 def shipped_task_path(name: str) -> Path | None:
-    """A task of ours in evals/tasks/ by bare name (works from a source checkout)."""
+    """A task of ours in evals/tasks/ by bare name (from a checkout or an installed package)."""
     if not SHIPPED_TASKS.is_dir():
         return None
     hits = sorted(SHIPPED_TASKS.rglob(f"{name}.jsonl"))

@@ -23,14 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-# Spinning OpenMP workers make 2 threads 3-5x slower than 1 when the cores are shared with other
-# processes; passive waiting removes that. libgomp reads this once, when torch is first imported.
-if "torch" not in sys.modules:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from capscale.errors import CapscaleError  # noqa: E402
-from capscale.toyladder.corpus import RECIPES  # noqa: E402
-from capscale.toyladder.ladder import PRESETS, format_table, plan, spec_dict, write_spec  # noqa: E402
+from capscale.errors import CapscaleError
+from capscale.toyladder.corpus import RECIPES
+from capscale.toyladder.ladder import PRESETS, format_table, plan, spec_dict, write_spec
 
 FAMILY = "toy"
 LAYOUT_VERSION = 2
@@ -132,8 +127,17 @@ def write_specs(out: Path, task_paths: dict, metas: list[dict], ladder_out: str 
     return spec_path
 
 
+def passive_openmp_waits() -> None:
+    """Spinning OpenMP workers make 2 threads 3-5x slower than 1 when the cores are shared with other
+    processes; passive waiting removes that. libgomp reads the variable once, when torch is first
+    imported, so this runs at the start of a training run (never at import: only training wants it)."""
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def run(args: argparse.Namespace) -> int:
     """Train the whole ladder (resuming what exists) and write tasks, checkpoints and the spec."""
+    passive_openmp_waits()
     import torch
 
     from capscale.toyladder.tasks import write_tasks

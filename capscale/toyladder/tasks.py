@@ -1,4 +1,4 @@
-"""The toy tasks, written from the same ``World`` as the corpus (formats in DESIGN.md).
+"""The toy tasks, written from the same ``World`` as the corpus (formats in docs/design.md).
 
 Multiple choice (scored continuation = " " + choice):
 * ``facts``    ``Mimek lives in`` → the true city among a popular wrong city, a random wrong city

@@ -41,13 +41,12 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from capscale.ladder import load_ladder, validate  # noqa: E402
+from capscale.ladder import load_ladder, read_items, validate  # noqa: E402
 from capscale.laws.backtest import RECORD_KEYS, run_backtest  # noqa: E402
 from capscale.laws.choicemass import (  # noqa: E402
     choice_mass_table,
     correlation_summary,
     item_compute_correlations,
-    load_choice_rows,
 )
 from capscale.metrics import item_metrics, ladder_table  # noqa: E402
 from capscale.plots import plot_backtest, plot_choice_mass  # noqa: E402
@@ -84,12 +83,12 @@ VERDICT = [  # written from the tables above (seeded, so a rerun gives the same 
 
 def load_toy():
     ladder = load_ladder(TOY / "ladder.csv")
-    rows = load_choice_rows(TOY)
+    rows = read_items(TOY, "choices")
     return ladder, rows
 
 
 def load_inverse():
-    rows = load_choice_rows(INVERSE_ROWS)
+    rows = read_items(INVERSE_ROWS, "choices")
     manifest = pd.read_csv(INVERSE_MANIFEST)
     ladder = validate(ladder_table(rows, manifest), str(INVERSE_ROWS))
     return ladder, rows, manifest

@@ -88,13 +88,13 @@ def items_of(backtest: PublicBacktest, kind: str | None) -> pd.DataFrame | None:
     if backtest.items is None or kind is None:
         return None
     if backtest.items not in _ITEMS:
-        from capscale.laws.choicemass import load_choice_rows
+        from capscale.ladder import read_items
 
-        _ITEMS[backtest.items] = load_choice_rows(backtest.items)
+        _ITEMS[backtest.items] = read_items(backtest.items, "choices")
     rows = _ITEMS[backtest.items]
     if kind == "choices":
         return rows
-    if kind == "item_metrics":
+    if kind == "items":
         from capscale.metrics import item_metrics
 
         return item_metrics(rows)

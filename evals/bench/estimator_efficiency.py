@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from capscale.scoring.estimators import beta_prior, pass_until_estimate, unbiased_p
+from capscale.estimators import beta_prior, pass_until_estimate, unbiased_p
 from capscale.scoring.simulate import simulate_sampling
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -325,7 +325,7 @@ def logodds_choices(items: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.nda
 
 
 def choice_rows(items: pd.DataFrame) -> pd.DataFrame:
-    """Per-item pipeline scores -> two per-choice rows per item (DESIGN.md per-choice schema)."""
+    """Per-item pipeline scores -> two per-choice rows per item (docs/design.md per-choice schema)."""
     converters = {"loss": loss_choices, "logodds": logodds_choices}
     unknown = sorted(set(items["score_name"]) - set(converters))
     if unknown:

@@ -1,4 +1,4 @@
-"""Generate capscale's own small multiple-choice tasks as JSONL (format in DESIGN.md).
+"""Generate capscale's own small multiple-choice tasks as JSONL (format in docs/design.md).
 
 The tasks are written for this project so we can ship, test and benchmark without
 network access or licences. Everything is derived from word lists in this file and a fixed

@@ -22,7 +22,7 @@ import pandas as pd
 
 from capscale.ladder import read_store
 from capscale.laws.backtest import run_backtest
-from capscale.laws.passuntil import accelerated_emergence
+from capscale.trends.emergence import accelerated_emergence
 from capscale.metrics import sample_checkpoint_table
 from capscale.plots import plot_sampling_ladder
 from capscale.store import ResultsStore

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from capscale.ladder import load_ladder
+from capscale.ladder import load_ladder, read_items
 from capscale.trendplots import plot_trends
-from capscale.trends import analyse_ladder, load_items
+from capscale.trends import analyse_ladder
 
 ROOT = Path(__file__).resolve().parents[2]
 LADDERS = ROOT / "results" / "ladders"
@@ -39,7 +39,7 @@ SOURCES = [
 
 def markdown(table: pd.DataFrame) -> str:
     lines = ["# Trend classes of the public ladders", "",
-             "`python evals/trends/run_public.py` (capscale/trends.py; decision rule in its docstring). "
+             "`python evals/trends/run_public.py` (capscale/trends; decision rule in its docstring). "
              "p_value: the chosen class against its simpler alternative (flat: the trend test's p). "
              "L / B: BIG-bench linearity / breakthroughness. hidden progress: the strongest continuous metric "
              "on the models where accuracy shows none (flat, the floor before a jump, or near chance).", ""]
@@ -69,7 +69,7 @@ def main() -> None:
     tables, payload = [], {"n_sim": args.n_sim, "seed": args.seed, "sources": {}}
     for name, ladder_path, items_path, tasks in SOURCES:
         ladder = load_ladder(ladder_path)
-        items = load_items(items_path) if items_path else None
+        items = read_items(items_path, "items") if items_path else None
         report = analyse_ladder(ladder, "acc", items=items, tasks=tasks, n_sim=args.n_sim, seed=args.seed)
         table = report.table()
         table.insert(0, "source", name)
