@@ -7,6 +7,10 @@ as point forecasts; the one with the lowest internal error (compared on the orig
 candidate could fit) is refitted on the whole ladder with its bootstrap and calibrated intervals.
 A ladder too short for any origin (two sizes) falls back to an order fixed in advance (the first
 candidate in CANDIDATE_ORDER that can fit), chosen from the public backtests in README.
+
+Given the target's ``family`` and a table of several families, the per-family candidates see that
+family's runs only and ``observational`` (capscale.laws.observational) joins them, fitted on every
+family and scored on the same rolling origins of the target family (its k largest held out).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from capscale.laws.rolling import choose, internal_backtest, task_finals
 from capscale.schema import target_scale
 
 CANDIDATE_ORDER = ("two-step", "two-step (exponential)", "choice-mass", "pass-until-items", "pass-until", "direct",
-                   "carry-forward")
+                   "carry-forward", "observational")
 PER_CHOICE_COLUMNS = {"choice", "logprob", "gold"}
 SAMPLE_COLUMNS = {"n_drawn", "n_correct"}
 
@@ -46,15 +50,18 @@ class AutoPredictor(TaskPredictor):
 
     Fitted attributes: ``chosen_`` (the fitted winner), ``method_used_``, ``internal_errors_``
     (candidate -> mean |error| on the ladder's held-out runs), plus the winner's ``data_``, ``extent_``.
-    ``ceiling``, ``anchor_weight``: passed to the two-step candidates."""
+    ``ceiling``, ``anchor_weight``: passed to the two-step candidates. ``family``: the target's
+    family; with several families in the table, observational is a candidate too."""
 
     method_name = "auto"
+    pools_families = True
 
     def __init__(self, ceiling: str = "auto", anchor_weight: float = 1.0, level=0.9, n_boot=1000, seed=0,
-                 calibrate=True, n_origins=3, growth=DEFAULT_GROWTH, n_boot_origin=100):
+                 calibrate=True, n_origins=3, growth=DEFAULT_GROWTH, n_boot_origin=100, family: str | None = None):
         super().__init__(level, n_boot, seed, calibrate, n_origins, growth, n_boot_origin)
         self.ceiling = ceiling
         self.anchor_weight = anchor_weight
+        self.family = family
 
     def candidates(self, ladder, task, metric, loss, loss_task, items) -> dict[str, TaskPredictor]:
         common = dict(level=self.level, n_boot=self.n_boot, seed=self.seed, calibrate=self.calibrate,
@@ -79,6 +86,12 @@ class AutoPredictor(TaskPredictor):
         out["carry-forward"] = CarryForwardPredictor(**common)
         return {name: out[name] for name in CANDIDATE_ORDER if name in out}
 
+    def pooled_split(self, ladder: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
+        """(the target family's runs, whether observational pools the other families too)."""
+        if self.family is None or ladder["family"].nunique() < 2:
+            return ladder, False
+        return ladder[ladder["family"] == self.family].reset_index(drop=True), True
+
     @staticmethod
     def items_for(name: str, items, kind: str | None):
         """Each candidate gets the per-item data it uses: per-choice rows for choice-mass, their item
@@ -95,10 +108,24 @@ class AutoPredictor(TaskPredictor):
             loss_task: str | None = None, items: pd.DataFrame | None = None) -> "AutoPredictor":
         self.task_, self.metric_, self.loss_metric_ = task, metric, loss
         kind = items_kind(items)
-        candidates = self.candidates(ladder, task, metric, loss, loss_task, items)
+        whole = ladder
+        ladder, pooled = self.pooled_split(whole)
+        candidates = self.candidates(ladder, task, metric, loss, loss_task, items) if len(ladder) else {}
+        if pooled:
+            from capscale.laws.observational import ObservationalPredictor
+
+            candidates["observational"] = ObservationalPredictor(
+                family=self.family, level=self.level, n_boot=self.n_boot, seed=self.seed, calibrate=self.calibrate,
+                n_origins=self.n_origins, growth=self.growth, n_boot_origin=self.n_boot_origin)
         per_item = {}
         scored = {}
         for name, candidate in candidates.items():
+            if name == "observational":
+                try:
+                    scored[name] = candidate.clone().own_points(whole, task, metric)
+                except CapscaleError:
+                    scored[name] = []
+                continue
             if name not in per_item:
                 per_item[name] = self.items_for(name, items, kind) if items is not None else None
             scored[name] = internal_backtest(candidate.clone(n_boot=0), ladder, task, metric, loss, loss_task,
@@ -108,8 +135,8 @@ class AutoPredictor(TaskPredictor):
         errors = []
         for name in order:
             try:
-                self.chosen_ = candidates[name].fit(ladder, task, metric, loss, loss_task=loss_task,
-                                                    items=per_item.get(name))
+                self.chosen_ = candidates[name].fit(whole if name == "observational" else ladder, task, metric, loss,
+                                                    loss_task=loss_task, items=per_item.get(name))
             except CapscaleError as e:
                 errors.append(f"{name}: {e}")
                 continue
@@ -124,7 +151,8 @@ class AutoPredictor(TaskPredictor):
         chosen = self.chosen_
         for attribute in ("data_", "extent_", "chance_", "n_runs_", "calibration_"):
             setattr(self, attribute, getattr(chosen, attribute, None))
-        self.n_runs_ = getattr(chosen, "n_runs_", len(task_finals(ladder, task, metric)))
+        if getattr(chosen, "n_runs_", None) is None:
+            self.n_runs_ = len(task_finals(ladder, task, metric))
         return self
 
     def predictive_draws(self, params=None, tokens=None, flops=None):
