@@ -156,7 +156,7 @@ def test_intervals_cover_at_the_stated_level_over_seeds():
             largest = f"{family}-m4"
             train = without(table, [largest])
             for task in ("task0", "task3", "task7"):
-                p = ObservationalPredictor(family=family, n_boot=150, calibrate=False, link="sigmoid", seed=seed)
+                p = ObservationalPredictor(family=family, n_boot=100, calibrate=False, link="sigmoid", seed=seed)
                 f = p.fit(train, task).predict(**target_of(table, largest))
                 y = actual(table, largest, task)
                 inside90.append(f.lower <= y <= f.upper)

@@ -54,7 +54,6 @@ class AutoPredictor(TaskPredictor):
     family; with several families in the table, observational is a candidate too."""
 
     method_name = "auto"
-    pools_families = True
 
     def __init__(self, ceiling: str = "auto", anchor_weight: float = 1.0, level=0.9, n_boot=1000, seed=0,
                  calibrate=True, n_origins=3, growth=DEFAULT_GROWTH, n_boot_origin=100, family: str | None = None):

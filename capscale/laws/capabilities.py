@@ -20,16 +20,24 @@ shared scale from a ladder table; ``capscale.laws.observational`` links it back 
    into the missing cells only} until the cells stop moving. Re-estimating the scale every round
    matters: a column observed only for strong families would otherwise be standardised against
    the wrong population.
-3. **Capabilities** (``pca_fit``): PCA of the completed matrix standardised per benchmark; the
-   first k principal-component scores are the capability measures (PC1 points towards more
-   compute).
+3. **Capabilities** (``pca_fit``): PCA of the completed matrix standardised per benchmark, each
+   benchmark of a suite (name up to the first '-' or '_': hendrycksTest-*, xnli_*) weighted by
+   1 / sqrt(suite size) so that 57 MMLU subjects weigh one benchmark. With ``within`` (the
+   default) the axes are the principal components of each model's deviation from its family's
+   mean (the within level of a multilevel PCA, Di et al. 2009): with a handful of families the
+   largest variation in a table is *between* families (one family multilingual, another
+   English-only), which is not what grows with scale; the within axes are how benchmarks move
+   together as a family scales, and every model's capability is its projection on them. The first
+   k scores are the capability measures (PC1 points towards more compute within families).
 4. **Family lines** (``fit_family_lines``): capability_j = beta_j (ln C - c0) + u_{family, j} + e.
    The shared slope beta_j is the pooled within-family slope (family efficiency differences cannot
    bias it); the family offsets u are random effects with population mean mu_j and variance tau_j^2
    estimated by the method of moments (DerSimonian & Laird 1986) from each family's offset estimate
    and its sampling variance sigma_j^2 / n_family: empirical Bayes. A family's offset is then
-   shrunk towards mu_j by B = tau^2 / (tau^2 + sigma^2 / n) (``offset_posterior``): a family with
-   few models borrows from the others, one with none gets mu_j and a wide spread.
+   shrunk towards mu_j by B = tau^2 / (tau^2 + sigma^2 / n) (``Lines.family_line``): a family with
+   few models borrows from the others, one with none gets mu_j and the offsets' spread (the larger
+   of tau^2 and their sample variance: a handful of families cannot tell a small tau^2 from 0).
+   ``random_slopes`` pools each family's own slope the same way (off by default).
 5. **Bootstrap** (``CapabilityModel.boot``): families resampled with replacement, then models
    within each drawn family (a family drawn twice counts as two); with fewer than
    ``FAMILY_RESAMPLE_MIN`` families a resample of families is mostly one family repeated, so models
@@ -45,6 +53,7 @@ import hashlib
 import re
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -429,19 +438,38 @@ class CapabilityModel:
     n_boot_failed: int = 0
     family_resampling: bool = True
     warnings: list = field(default_factory=list)
+    _lines: dict = field(default_factory=dict, init=False, repr=False)
 
-    @property
+    @cached_property
     def families(self) -> np.ndarray:
-        return self.matrix.models["family"].to_numpy()
+        return self.matrix.models["family"].to_numpy(dtype=object)
+
+    @cached_property
+    def boot_scores(self) -> np.ndarray:
+        """[B, n, k] every model's capabilities under each resample's fit."""
+        if not self.boot:
+            return np.zeros((0, len(self.x), self.k))
+        return np.stack([fit.scores(self.completed) for fit in self.boot])
+
+    def family_lines(self, b: int | None = None) -> dict:
+        """family -> (slope, offset mean, offset variance) under the full fit (``b`` None) or resample
+        ``b``; the same for every task, so remembered."""
+        if b not in self._lines:
+            fit, scores = (self.full, self.scores()) if b is None else (self.boot[b], self.boot_scores[b])
+            self._lines[b] = {f: fit.lines.family_line(scores[rows], self.x[rows]) for f, rows in self.members.items()}
+        return self._lines[b]
+
+    @cached_property
+    def members(self) -> dict:
+        """family -> rows of its models with known compute."""
+        return {f: np.flatnonzero((self.families == f) & np.isfinite(self.x)) for f in np.unique(self.families)}
 
     def scores(self, fit: CapabilityFit | None = None) -> np.ndarray:
         return (fit or self.full).scores(self.completed)
 
     def family_rows(self, family: str | None) -> np.ndarray:
         """Rows of ``family``'s models with known compute (empty for a new family)."""
-        if family is None:
-            return np.array([], dtype=int)
-        return np.flatnonzero((self.families == family) & np.isfinite(self.x))
+        return self.members.get(family, np.array([], dtype=int))
 
 
 def resample_rows(groups: np.ndarray, rng: np.random.Generator, by_family: bool) -> tuple[np.ndarray, np.ndarray]:

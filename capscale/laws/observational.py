@@ -11,17 +11,23 @@ sigmoid link from the capabilities back to the score:
 
 b = the benchmark's chance level (0 where unknown), h the share of the room above chance that can
 be reached (1, or from the table's ``ceiling`` column), (a, w) fitted across every model that
-reports the benchmark. A target of family F at compute C is placed at capability
-slope * (ln C - c0) + offset_F, where offset_F is F's empirical-Bayes offset (its models' mean
-offset shrunk towards the population's); a family with no models of its own gets the
-population mean and the population's spread of offsets: a wider, honest interval.
+reports the benchmark; or a linear link, the one of the two that forecasts the table's own held-out
+models better (a sigmoid fitted to a benchmark near chance can explode when extrapolated). A target
+of family F at compute C is placed at capability slope * (ln C - c0) + offset_F, offset_F being
+F's empirical-Bayes offset (its models' mean offset shrunk towards the population's). The forecast
+adds F's own effect on this benchmark: the residuals of F's models against the pooled forecast of
+F's line, a line in log compute whose intercept and slope are shrunk towards 0 by how much such
+effects vary between families (``capabilities.family_effect``). With many models of its own a
+family's forecast tends to its own trend, with one or two it borrows the other families' shape,
+and a family with no models of its own gets the population offset and its spread: a wider,
+honest interval.
 
-Predictive draws: one per bootstrap resample of families and models (capabilities, lines and link
-refitted), with the target's capability drawn from its family's offset posterior plus the spread
-of a model around its family's line, and one resampled link residual. Intervals are calibrated by
-the table's own internal backtests (``_calibrate``): each family's k largest models held out in
-turn (k = 1..n_origins), fitted on everything else, forecast; for a target of a new family, each
-family held out whole. A held-out model's rows are removed from the table for every task before
+Predictive draws: one per bootstrap resample of families and models (capabilities, lines, link
+and family effect refitted), with the target's capability drawn from its family's offset
+posterior, the family effect from its posterior, and one resampled residual of a model around its
+family's forecast. Intervals are calibrated by the table's own internal backtests (``_calibrate``):
+each family's k largest models held out in turn (k = 1..n_origins), fitted on everything else,
+forecast; for a target of a new family, each family held out whole. A held-out model's rows are removed from the table for every task before
 the fit, so its own scores never enter the capability scale.
 """
 
@@ -142,13 +148,11 @@ class ObservationalPredictor(TaskPredictor):
     ``data_``, ``extent_``, ``n_runs_``, ``form_used_``, ``fit_warnings_``, ``n_boot_failed_``."""
 
     method_name = "observational"
-    pools_families = True
 
     def __init__(self, family: str | None = None, n_components: int = DEFAULT_COMPONENTS, min_share: float = MIN_SHARE,
                  min_families: int = MIN_FAMILIES, scale: bool = True, suites: bool = True, link: str = "auto",
                  family_effects: bool = True, axes: str = "within", family_slopes: bool = False, level=0.9,
-                 n_boot=1000,
-                 seed=0, calibrate=True, n_origins=3, growth=DEFAULT_GROWTH, n_boot_origin=100):
+                 n_boot=1000, seed=0, calibrate=True, n_origins=3, growth=DEFAULT_GROWTH, n_boot_origin=100):
         super().__init__(level, n_boot, seed, calibrate, n_origins, growth, n_boot_origin)
         self.family = family
         self.n_components = n_components
@@ -225,7 +229,7 @@ class ObservationalPredictor(TaskPredictor):
             self.link_ = fit_form(form, link_inputs(scores[rows]), y, fixed=fixed)
         except FitError as e:
             raise CapscaleError(f"task {task!r}: the capability link did not fit ({e})") from e
-        effect = self._effect(cap.full, scores, self.link_, rows, y)
+        effect = self._effect(None, self.link_, rows, y)
         self.noise_ = effect.within
         self.target_line_ = self._target_line(cap.full, scores, own, effect)
         self._bootstrap_links(cap, rows, y, own)
@@ -271,20 +275,21 @@ class ObservationalPredictor(TaskPredictor):
                 "effect1": effect.slope, "centre": effect.centre, "effect_var0": effect.var_intercept,
                 "effect_var1": effect.var_slope}
 
-    def _effect(self, fit, scores: np.ndarray, link: FitResult, rows: np.ndarray, y: np.ndarray):
+    def _effect(self, b: int | None, link: FitResult, rows: np.ndarray, y: np.ndarray):
         """The target family's effect on the benchmark from the residuals of every reporting model
         against the pooled forecast of its own family's line at its compute (so the residuals hold
-        what a new model of a family adds to that forecast: link misfit, line misfit, noise)."""
+        what a new model of a family adds to that forecast: link misfit, line misfit, noise).
+        ``b``: the resample (None: the full fit)."""
         cap = self.capabilities_
         x, families = cap.x[rows], cap.families[rows]
-        forecast = np.full(len(rows), np.nan)
-        for family in np.unique(families):
-            members = cap.family_rows(family)
-            slope, offset, _ = fit.lines.family_line(scores[members], cap.x[members])
+        capability = np.full((len(rows), cap.k), np.nan)
+        for family, (slope, offset, _) in cap.family_lines(b).items():
             at = np.flatnonzero((families == family) & np.isfinite(x))
             if len(at):
-                forecast[at] = self.link_curve(np.outer(x[at], slope) + offset, link)
-        ok = np.isfinite(forecast)
+                capability[at] = np.outer(x[at], slope) + offset
+        ok = np.isfinite(capability[:, 0])
+        forecast = np.full(len(rows), np.nan)
+        forecast[ok] = self.link_curve(capability[ok], link)
         target = self.family if self.family_effects else None
         return family_effect(y[ok] - forecast[ok], x[ok], families[ok], target)
 
@@ -295,14 +300,14 @@ class ObservationalPredictor(TaskPredictor):
         self.n_boot_failed_ = cap.n_boot_failed
         if not cap.boot:
             return
-        all_scores = np.stack([fit.scores(cap.completed) for fit in cap.boot])  # [B, n, k]
+        all_scores = cap.boot_scores  # [B, n, k]
         weights = cap.boot_counts[:, rows]
         n_free = len(self.link_.params) - len(self.link_.fixed)
         keep = np.flatnonzero((weights > 0).sum(axis=1) >= n_free + 1)
         refits = refit_many(self.link_, link_inputs(all_scores[keep][:, rows, :]), y, weights[keep])
         for b, link in zip(keep, refits):
             if link is not None:
-                effect = self._effect(cap.boot[b], all_scores[b], link, rows, y)
+                effect = self._effect(b, link, rows, y)
                 self.boot_links_.append(link)
                 self.boot_lines_.append(self._target_line(cap.boot[b], all_scores[b], own, effect))
         self.n_boot_failed_ = self.n_boot - len(self.boot_links_)
