@@ -218,7 +218,8 @@ def plot_observational(predictor, records, path: Path) -> Path:
     metric = predictor.metric_
     for family in families:
         rows = data[data["family"] == family]
-        ax2.scatter(rows["c1"], rows["value"], color=colours[family], s=28, zorder=3, label=family)
+        if len(rows):
+            ax2.scatter(rows["c1"], rows["value"], color=colours[family], s=28, zorder=3, label=family)
     target_caps = np.array([predictor.capability_at(r.flops) for r in records])
     lo = min(data["c1"].min(), target_caps[:, 0].min())
     hi = max(data["c1"].max(), target_caps[:, 0].max())
