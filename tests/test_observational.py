@@ -309,3 +309,16 @@ def test_cli_fit_and_predict_a_family_from_the_pooled_table(tmp_path, capsys):
     assert main(["predict", str(fit), "--flops", f"{flops:g}"]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith("task3 acc: ") and "observational" in printed
+
+
+def test_a_task_with_several_rows_per_model_is_left_out_or_named():
+    """0- and 5-shot rows under one task name: the capability scale leaves the task out (with a
+    warning) and forecasting it is the same clear error as for the per-family methods."""
+    table, _ = synthetic_families(8, n_families=3)
+    twice = table[table["task"] == "task0"].assign(value=lambda t: t["value"] * 0.9, num_fewshot=5)
+    table = pd.concat([table.assign(num_fewshot=0), twice], ignore_index=True)
+    assert "task0" not in benchmark_matrix(table, "acc").tasks
+    p = ObservationalPredictor(family="fam0", n_boot=0, calibrate=False, link="sigmoid").fit(table, "task1")
+    assert any("task0" in w and "num_fewshot" in w for w in p.fit_warnings_)
+    with pytest.raises(CapscaleError, match="several rows"):
+        ObservationalPredictor(family="fam0", n_boot=0, calibrate=False, link="sigmoid").fit(table, "task0")

@@ -10,7 +10,8 @@ shared scale from a ladder table; ``capscale.laws.observational`` links it back 
 1. **Benchmark matrix** (``benchmark_matrix``): one row per model (its final checkpoint), one column
    per task of the metric that at least ``min_families`` families and ``min_share`` of the models
    report. Everything else stays out of the capability scale (a target task outside it is still
-   forecast: its link is fitted on the models that have it).
+   forecast: its link is fitted on the models that have it), and so does a task with several
+   final rows for one model (e.g. 0- and 5-shot under one name), with a warning.
 2. **Imputation** (``impute_low_rank``): public tables are block-missing (one family ran MMLU,
    another the multilingual suite). Missing cells are filled by regularised iterative PCA (Josse &
    Husson 2012, "Handling missing values in exploratory multivariate data analysis methods"):
@@ -82,6 +83,7 @@ class BenchmarkMatrix:
     tasks: list[str]
     values: np.ndarray  # [n_models, n_tasks], NaN where a model did not report the task
     chance: np.ndarray  # [n_tasks], NaN where unknown
+    ambiguous: list = field(default_factory=list)  # tasks left out: several final rows for one model
 
     def row(self, family: str, model: str) -> int | None:
         hit = np.flatnonzero((self.models["family"].to_numpy() == family) & (self.models["model"].to_numpy() == model))
@@ -105,6 +107,9 @@ def benchmark_matrix(ladder: pd.DataFrame, metric: str, min_share: float = MIN_S
         raise ObservationalError(f"observational scaling pools model families; the table has {len(families)} "
                                  f"({', '.join(families) or 'none'}): use a per-family method (direct, two-step, "
                                  "carry-forward)")
+    repeated = finals.duplicated(["family", "model", "task"], keep=False)
+    ambiguous = sorted(finals.loc[repeated, "task"].unique())  # e.g. 0- and 5-shot rows under one name
+    finals = finals[~finals["task"].isin(ambiguous)]
     per_task = finals.groupby("task").agg(n_models=("model", "size"), n_families=("family", "nunique"))
     n_models = finals[["family", "model"]].drop_duplicates().shape[0]
     keep = per_task[(per_task["n_families"] >= min_families) & (per_task["n_models"] >= min_share * n_models)]
@@ -124,7 +129,7 @@ def benchmark_matrix(ladder: pd.DataFrame, metric: str, min_share: float = MIN_S
         chance = shared.groupby("task")["chance"].median().reindex(tasks).to_numpy(float)
     else:
         chance = np.full(len(tasks), np.nan)
-    return BenchmarkMatrix(meta, tasks, wide.to_numpy(float), chance)
+    return BenchmarkMatrix(meta, tasks, wide.to_numpy(float), chance, ambiguous)
 
 
 # --- imputation ---------------------------------------------------------------------------------
@@ -495,6 +500,10 @@ def build_capability_model(ladder: pd.DataFrame, metric: str, k: int, scale: boo
     flops = matrix.models["flops"].to_numpy(float)
     known = np.isfinite(flops) & (flops > 0)
     notes = []
+    if matrix.ambiguous:
+        notes.append(f"{len(matrix.ambiguous)} task(s) with several final rows per model ({', '.join(matrix.ambiguous[:4])}"
+                     f"{', ...' if len(matrix.ambiguous) > 4 else ''}) left out of the capability scale: filter the "
+                     "table (e.g. on num_fewshot) to use them")
     if not known.all():
         missing = matrix.models.loc[~known, "model"].tolist()
         notes.append(f"{len(missing)} model(s) without compute ({', '.join(missing[:5])}) shape the capability "

@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from capscale.errors import CapscaleError
-from capscale.ladder import final_checkpoints
+from capscale.ladder import final_checkpoints, metric_series
 from capscale.laws.base import RUN_KEYS, chance_level, deviation_quantiles, extrapolation_distance, ladder_extent
 from capscale.laws.calibration import DEFAULT_GROWTH, calibrate
 from capscale.laws.capabilities import (
@@ -260,7 +260,7 @@ class ObservationalPredictor(TaskPredictor):
         capability scale, with its matrix row."""
         if rows.empty:
             raise CapscaleError(f"task {task!r} has no rows with metric {metric!r}")
-        finals = final_checkpoints(rows).drop_duplicates(RUN_KEYS)
+        finals = final_checkpoints(metric_series(rows, task, metric))  # several rows per model: an error
         lookup = {key: i for i, key in enumerate(zip(cap.matrix.models["family"], cap.matrix.models["model"]))}
         at = np.array([lookup.get(key, -1) for key in zip(finals["family"], finals["model"])], dtype=int)
         out = finals.assign(row=at)[at >= 0]

@@ -24,6 +24,7 @@ with the backtest, method and a near-chance flag), ``<out>/README.md`` (the tabl
 
     python evals/backtests/observational.py [--n-boot 200] [--jobs 2] [--out results/backtests/observational]
                                             [--only loflo_opt_bloom ...] [--methods observational direct ...]
+                                            [--resume]
 """
 
 from __future__ import annotations
@@ -123,17 +124,27 @@ def annotate(records: pd.DataFrame, backtest: public.PublicBacktest) -> pd.DataF
                           design=backtest.tags["design"], table=backtest.tags["table"])
 
 
-def run_one(backtest, label: str, n_boot: int, jobs: int, out: Path) -> pd.DataFrame:
+def from_records(path: Path) -> pd.DataFrame:
+    """A written records file as the summary table's columns (for --resume)."""
+    table = pd.DataFrame(json.loads(path.read_text()))
+    forecast = table["predicted"].notna()
+    inside = (table["actual"] >= table["lower"]) & (table["actual"] <= table["upper"])
+    return table.assign(inside=inside.where(forecast, np.nan), reason=table["reason"].fillna(""))
+
+
+def run_one(backtest, label: str, n_boot: int, jobs: int, out: Path, resume: bool = False) -> pd.DataFrame:
     from capscale.laws.registry import MethodOptions
 
+    folder = out / backtest.name
+    path = folder / f"{label.replace(' ', '_')}.json"
+    if resume and path.exists():
+        return annotate(from_records(path).assign(backtest=backtest.name, method=label), backtest)
     method, extra = METHODS[label]
     options = MethodOptions(n_boot=n_boot, extra=dict(extra))
     start = time.time()
     table, outcome = public.run(backtest, method, options, jobs=jobs)
-    folder = out / backtest.name
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{label.replace(' ', '_')}.json").write_text(
-        json.dumps([r.contract() for r in outcome.records], indent=1))
+    path.write_text(json.dumps([r.contract() for r in outcome.records], indent=1))
     if label == "observational":
         plot_examples(outcome, folder / "plots")
     print(f"{backtest.name:32s} {label:14s} {len(table):4d} records {time.time() - start:7.0f} s", flush=True)
@@ -232,6 +243,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--only", nargs="*", help="backtest names (default all)")
     parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--resume", action="store_true", help="reuse the records files already written")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
     start = time.time()
@@ -239,7 +251,7 @@ def main(argv=None) -> int:
     frames = []
     for backtest in chosen:
         for label in args.methods:
-            frames.append(run_one(backtest, label, args.n_boot, args.jobs, args.out))
+            frames.append(run_one(backtest, label, args.n_boot, args.jobs, args.out, args.resume))
     rows = pd.concat(frames, ignore_index=True)
     args.out.mkdir(parents=True, exist_ok=True)
     keep = ["backtest", "design", "table", "method", "task", "family", "model", "n_own", "near_chance", "flops",
