@@ -31,20 +31,64 @@ def add_scoring_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repair", action="store_true",
                    help="re-score only the pairs whose stored files are unreadable (corrupt); the rest are kept")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_scale_options(p)
+
+
+def add_scale_options(p: argparse.ArgumentParser) -> None:
+    """Where the pairs run: a Ray cluster, and/or one shard of a job array (see README, Scale)."""
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run the (checkpoint, task) pairs on Ray workers, one checkpoint at a time each: without "
+                        "ADDRESS a local cluster (or $RAY_ADDRESS), 'auto' a running one, or HOST:PORT / "
+                        "ray://HOST:10001 (needs pip install 'capscale[ray]')")
+    p.add_argument("--ray-workers", type=int, metavar="N",
+                   help="with --ray: number of workers (default one per GPU, else one per CPU)")
+    p.add_argument("--retries", type=int, default=2, metavar="N",
+                   help="with --ray: attempts per pair after a worker died or raised (default 2)")
+    p.add_argument("--shard", metavar="I/N",
+                   help="only shard I of N of the checkpoints (sorted names, round-robin), e.g. $SLURM_ARRAY_TASK_ID/8")
 
 
 def check_run_options(args) -> None:
     """Options of the scoring and sampling commands that would otherwise fail late or silently:
-    the device (resolved here, so a typo is exit 2, not a failed pair per checkpoint) and counts."""
+    the device (resolved here, so a typo is exit 2, not a failed pair per checkpoint) and counts.
+    With --ray only its spelling is checked: the workers, not this machine, need the device."""
     from capscale.models import resolve_device
     from capscale.tasks.spec import check_limit
 
     check_limit(args.limit)
     for option, value, least in (("--token-budget", getattr(args, "token_budget", None), 1),
-                                 ("--num-fewshot", args.num_fewshot, 0)):
+                                 ("--num-fewshot", args.num_fewshot, 0), ("--retries", args.retries, 0)):
         if value is not None and value < least:
             raise CapscaleError(f"{option} must be >= {least}, got {value}")
-    args.device = resolve_device(args.device)
+    if args.ray is None:
+        args.device = resolve_device(args.device)
+    else:
+        from capscale.rayrun import check_device
+
+        check_device(args.device)
+
+
+def shard_selection(args, specs):
+    """The checkpoints of --shard I/N (all without it)."""
+    if not args.shard:
+        return specs
+    from capscale.shards import parse_shard, select_shard
+
+    return select_shard(specs, *parse_shard(args.shard))
+
+
+def ray_options(args):
+    from capscale.rayrun import RayOptions
+
+    return RayOptions(address=args.ray, workers=args.ray_workers, retries=args.retries)
+
+
+def print_failures(results, noun: str = "pairs") -> None:
+    """Every failed pair with its reason, then one line saying how to retry them."""
+    failed = [r for r in results if r.status == "failed"]
+    if failed:
+        print(f"{len(failed)} of {len(results)} {noun} failed; rerun the same command to retry them "
+              "(finished pairs are skipped)", file=sys.stderr)
 
 
 def load_tasks(args, extra_specs: list[str] = ()):
@@ -70,11 +114,20 @@ def run_evaluation(args, specs, tasks) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    summary = evaluate(
-        specs, tasks, ResultsStore(args.out), device=args.device, dtype=args.dtype,
-        token_budget=args.token_budget, mode=args.mode, overwrite=args.overwrite, repair=args.repair,
-        progress=not args.no_progress,
-    )
+    specs = shard_selection(args, specs)
+    if args.ray is not None:
+        from capscale.evaluate import RunSummary
+        from capscale.rayrun import EvalJob, run_pairs
+
+        job = EvalJob(tuple(tasks), args.out, device=args.device, dtype=args.dtype, token_budget=args.token_budget,
+                      mode=args.mode, overwrite=args.overwrite, repair=args.repair)
+        summary = RunSummary(run_pairs(job, specs, ray_options(args), progress=not args.no_progress))
+    else:
+        summary = evaluate(
+            specs, tasks, ResultsStore(args.out), device=args.device, dtype=args.dtype,
+            token_budget=args.token_budget, mode=args.mode, overwrite=args.overwrite, repair=args.repair,
+            progress=not args.no_progress,
+        )
     table = summary.table()
     cols = ["checkpoint", "task", "status", "n_items", "acc", "n_truncated", "mode", "tokens_per_s"]
     print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
@@ -82,6 +135,7 @@ def run_evaluation(args, specs, tasks) -> int:
         if p.message:
             print(f"{'error' if p.status == 'failed' else 'warning'}: {p.checkpoint} / {p.task}: {p.message}",
                   file=sys.stderr)
+    print_failures(summary.pairs)
     print(f"results in {args.out}/choices (per choice) and {args.out}/checkpoints.csv")
     return 1 if summary.failed else 0
 
@@ -151,6 +205,10 @@ def cmd_sample(args) -> int:
 
     if bool(args.model) == bool(args.ladder):
         raise CapscaleError("give either --model DIR (repeatable) or --ladder SPEC")
+    if args.device is None:
+        args.device = "cuda" if args.backend == "vllm" else "cpu"
+    if args.backend == "vllm" and not args.device.startswith("cuda"):
+        raise CapscaleError(f"--backend vllm runs on CUDA GPUs; got --device {args.device}")
     check_run_options(args)
     task_specs = list(args.task)
     if args.ladder:
@@ -174,8 +232,23 @@ def cmd_sample(args) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    results = sample_checkpoints(specs, tasks, ResultsStore(args.out), config, device=args.device, dtype=args.dtype,
-                                 overwrite=args.overwrite, repair=args.repair, progress=not args.no_progress)
+    specs = shard_selection(args, specs)
+    if args.ray is not None:
+        from capscale.rayrun import SampleJob, run_pairs
+        from capscale.sampling import check_backend
+
+        check_backend(config, args.backend)
+        if any(it.check == "python" for task in tasks for it in task.items):
+            from capscale.scoring.sandbox import require_kernel_isolation
+
+            require_kernel_isolation(config.unsafe_exec)  # here too: fail before any worker starts
+        job = SampleJob(tuple(tasks), args.out, config, device=args.device, dtype=args.dtype,
+                        overwrite=args.overwrite, repair=args.repair, backend=args.backend)
+        results = run_pairs(job, specs, ray_options(args), progress=not args.no_progress)
+    else:
+        results = sample_checkpoints(specs, tasks, ResultsStore(args.out), config, device=args.device,
+                                     dtype=args.dtype, overwrite=args.overwrite, repair=args.repair,
+                                     progress=not args.no_progress, backend=args.backend)
     import pandas as pd
 
     table = pd.DataFrame([r.__dict__ for r in results])
@@ -185,6 +258,7 @@ def cmd_sample(args) -> int:
     for r in results:
         if r.message:
             print(f"error: {r.checkpoint} / {r.task}: {r.message}", file=sys.stderr)
+    print_failures(results)
     print(f"results in {args.out}/samples (per item) and {args.out}/completions (every distinct completion)")
     return 1 if any(r.status == "failed" for r in results) else 0
 
@@ -247,7 +321,7 @@ def method_options(args):
     return MethodOptions(level=args.level, n_boot=args.n_boot, seed=args.seed, step1=args.step1, step2=args.step2,
                          x=args.x, ceiling=args.ceiling, anchor_weight=args.anchor_weight,
                          calibrate=not args.no_calibrate, n_origins=args.n_origins,
-                         extra={"form": args.direct_form} if args.direct_form else {})
+                         extra={**({"form": args.direct_form} if args.direct_form else {}), "select": args.select})
 
 
 def print_backtest(table, level: float) -> None:
@@ -373,7 +447,8 @@ def cmd_trends(args) -> int:
     source = args.items or (args.ladder if is_results_store(Path(args.ladder)) else None)
     items = load_items(source) if source else None
     report = analyse_ladder(ladder, args.metric, items=items, tasks=args.task, families=args.family,
-                            direction=args.direction, alpha=args.alpha, n_sim=args.n_sim, seed=args.seed)
+                            direction=args.direction, alpha=args.alpha, n_sim=args.n_sim, seed=args.seed,
+                            progress=not args.no_progress)
     for task, family, reason in report.skipped:
         print(f"skipped {task} ({family}): {reason}", file=sys.stderr)
     if not report.results:
@@ -415,6 +490,8 @@ def add_fit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--x", choices=["auto", "flops", "params", "tokens", "loss"],
                    help="the scale of direct / carry-forward / choice-mass (default auto: flops where known, else "
                         "params; loss = choice-mass chained with step 1 of two-step) and of pass-until (default params)")
+    p.add_argument("--select", default="ladder", choices=["ladder", "task"],
+                   help="auto: rank the candidates on every task of the ladder (default) or on the task alone")
     p.add_argument("--direct-form", choices=["auto", "sigmoid", "sigmoid_2p", "linear"],
                    help="direct: the form (default auto: chosen by the ladder's own backtests)")
     p.add_argument("--level", type=float, default=0.9, help="prediction interval level (default 0.9)")
@@ -488,7 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=256, help="sequences decoded in parallel (default 256)")
     p.add_argument("--exact", action="store_true",
                    help="also compute each exact-match item's exact pass probability (one forward pass)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
+    p.add_argument("--device", help="cpu, cuda, cuda:N, mps or auto (default cpu; cuda with --backend vllm)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--overwrite", action="store_true", help="redo pairs already in the store (or in flight)")
     p.add_argument("--repair", action="store_true",
@@ -497,6 +574,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unsafe-exec", action="store_true",
                    help="run python checks even without kernel isolation (bubblewrap missing or not working): "
                         "generated code is then contained only by rlimits, Landlock and an audit hook")
+    p.add_argument("--backend", default="hf", choices=["hf", "vllm"],
+                   help="decoder: hf (capscale's sampler, any device) or vllm (CUDA; pip install 'capscale[vllm]')")
+    add_scale_options(p)
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("summary", help="per-choice rows -> ladder table (one row per checkpoint x task x metric)")
@@ -565,6 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drop-nonfinite", action="store_true", help="drop NaN/inf values instead of failing")
     p.add_argument("--json", help="write every result with its evidence here")
     p.add_argument("--plot", metavar="DIR", help="write one PNG per task here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_trends)
 
     try:

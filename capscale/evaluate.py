@@ -130,6 +130,97 @@ def is_registered(store: ResultsStore, checkpoint: str) -> bool:
     return checkpoint in set(store.read_manifest()["checkpoint"])
 
 
+def run_note(checkpoint: str, task: MCTask, report, dtype: str, device: str, max_length: int, seconds: float) -> dict:
+    """The run note of a scored pair (runs/<pair>.json): what was counted, and the fingerprint."""
+    return {
+        "checkpoint": checkpoint, "task": task.name, "task_source": task.source,
+        "task_meta": task.meta, "fingerprint": task_fingerprint(task, dtype), "dtype": dtype,
+        "device": device, "max_length": max_length, "mode": report.mode,
+        "n_items": len(task.items), "n_truncated_items": report.n_truncated_items,
+        "tokens_in": report.tokens_in, "tokens_requested": report.tokens_requested,
+        "seconds": seconds, "warnings": report.warnings,
+    }
+
+
+def done_result(checkpoint: str, task: MCTask, rows: pd.DataFrame, report, seconds: float) -> PairResult:
+    return PairResult(
+        checkpoint, task.name, "done", len(task.items), float(item_metrics(rows)["acc"].mean()),
+        report.n_truncated_items, report.mode, seconds, report.tokens_requested / max(seconds, 1e-9),
+        "; ".join(report.warnings),
+    )
+
+
+def scored_pair(loaded, checkpoint: str, task: MCTask, *, token_budget: int | None = None, mode: str = "auto",
+                progress: bool = True) -> tuple[pd.DataFrame, dict, PairResult]:
+    """(per-choice rows, run note, result) of one pair scored with an already-loaded model; nothing written."""
+    from capscale.scoring.loglik import score_items
+
+    start = time.perf_counter()
+    report = score_items(
+        loaded.model, loaded.tokenizer, task.items, max_length=loaded.max_length, device=loaded.device,
+        token_budget=token_budget, mode=mode, progress=progress, desc=f"{checkpoint}/{task.name}",
+    )
+    seconds = time.perf_counter() - start
+    rows = choice_rows(checkpoint, task, report)
+    note = run_note(checkpoint, task, report, loaded.dtype, loaded.device, loaded.max_length, seconds)
+    return rows, note, done_result(checkpoint, task, rows, report, seconds)
+
+
+def score_task(loaded, checkpoint: str, task: MCTask, store: ResultsStore, *, token_budget: int | None = None,
+               mode: str = "auto", progress: bool = True) -> PairResult:
+    """Score one (checkpoint, task) pair and write it atomically into the store.
+
+    The one place a pair is made: the serial loop, the Ray workers and ``capscale.score`` all come
+    through :func:`scored_pair`, so every path writes the same rows and run note."""
+    rows, note, result = scored_pair(loaded, checkpoint, task, token_budget=token_budget, mode=mode,
+                                     progress=progress)
+    store.write_pair(checkpoint, task.name, rows, note)
+    return result
+
+
+def evaluate_checkpoint(spec: CheckpointSpec, tasks: list[MCTask], store: ResultsStore, *, device: str = "cpu",
+                        dtype: str = "float32", token_budget: int | None = None, mode: str = "auto",
+                        overwrite: bool = False, repair: bool = False, progress: bool = True,
+                        keep_going: bool = True, on_pair=None) -> list[PairResult]:
+    """Every pending task of one checkpoint: loaded once, its tasks scored one after another.
+
+    ``on_pair(result)`` is called as each pair ends (skipped, done or failed): the progress bar."""
+    report = on_pair or (lambda result: None)
+    results: list[PairResult] = []
+
+    def add(result: PairResult) -> None:
+        results.append(result)
+        report(result)
+
+    todo = pending_tasks(store, spec, tasks, dtype, overwrite, repair)
+    todo_names = {t.name for t in todo}
+    for task in tasks:
+        if task.name not in todo_names:
+            add(PairResult(spec.checkpoint, task.name, "skipped", len(task.items)))
+    if not todo and is_registered(store, spec.checkpoint):
+        return results
+    try:
+        loaded = load_and_register(spec, store, device, dtype)
+    except CapscaleError as e:
+        if not keep_going:
+            raise
+        for task in todo:
+            add(PairResult(spec.checkpoint, task.name, "failed", message=str(e)))
+        if not todo:  # only the manifest row was missing: its pairs cannot be summarised without it
+            for pair in results:
+                pair.status, pair.message = "failed", f"no row in checkpoints.csv and cannot register it: {e}"
+        return results
+    for task in todo:
+        try:
+            add(score_task(loaded, spec.checkpoint, task, store, token_budget=token_budget, mode=mode,
+                           progress=progress))
+        except CapscaleError as e:
+            if not keep_going:
+                raise
+            add(PairResult(spec.checkpoint, task.name, "failed", message=str(e)))
+    return results
+
+
 def evaluate(
     specs: list[CheckpointSpec],
     tasks: list[MCTask],
@@ -145,66 +236,17 @@ def evaluate(
     keep_going: bool = True,
 ) -> RunSummary:
     """Score every pending (checkpoint, task) pair; failures of one checkpoint do not stop the others."""
-    from capscale.scoring.loglik import score_items
-
     store.create()
     store.remove_stale_temporaries()
     summary = RunSummary()
-    outer = tqdm(total=len(specs) * len(tasks), desc="pairs", unit="pair", disable=not progress)
-    for spec in specs:
-        todo = pending_tasks(store, spec, tasks, dtype, overwrite, repair)
-        todo_names = {t.name for t in todo}
-        for task in tasks:
-            if task.name not in todo_names:
-                summary.pairs.append(PairResult(spec.checkpoint, task.name, "skipped", len(task.items)))
-                outer.update(1)
-        if not todo and is_registered(store, spec.checkpoint):
-            continue
-        try:
-            loaded = load_and_register(spec, store, device, dtype)
-        except CapscaleError as e:
-            if not keep_going:
-                raise
-            for task in todo:
-                summary.pairs.append(PairResult(spec.checkpoint, task.name, "failed", message=str(e)))
-                outer.update(1)
-            if not todo:  # only the manifest row was missing: its pairs cannot be summarised without it
-                for pair in summary.pairs:
-                    if pair.checkpoint == spec.checkpoint:
-                        pair.status, pair.message = "failed", f"no row in checkpoints.csv and cannot register it: {e}"
-            continue
-        for task in todo:
-            outer.set_postfix_str(f"{spec.checkpoint} / {task.name}")
-            start = time.perf_counter()
-            try:
-                report = score_items(
-                    loaded.model, loaded.tokenizer, task.items, max_length=loaded.max_length, device=loaded.device,
-                    token_budget=token_budget, mode=mode, progress=progress, desc=f"{spec.checkpoint}/{task.name}",
-                )
-            except CapscaleError as e:
-                if not keep_going:
-                    raise
-                summary.pairs.append(PairResult(spec.checkpoint, task.name, "failed", message=str(e)))
-                outer.update(1)
-                continue
-            seconds = time.perf_counter() - start
-            rows = choice_rows(spec.checkpoint, task, report)
-            run_info = {
-                "checkpoint": spec.checkpoint, "task": task.name, "task_source": task.source,
-                "task_meta": task.meta, "fingerprint": task_fingerprint(task, dtype), "dtype": dtype,
-                "device": loaded.device, "max_length": loaded.max_length, "mode": report.mode,
-                "n_items": len(task.items), "n_truncated_items": report.n_truncated_items,
-                "tokens_in": report.tokens_in, "tokens_requested": report.tokens_requested,
-                "seconds": seconds, "warnings": report.warnings,
-            }
-            store.write_pair(spec.checkpoint, task.name, rows, run_info)
-            item_acc = item_metrics(rows)["acc"].mean()
-            summary.pairs.append(
-                PairResult(
-                    spec.checkpoint, task.name, "done", len(task.items), float(item_acc), report.n_truncated_items,
-                    report.mode, seconds, report.tokens_requested / max(seconds, 1e-9), "; ".join(report.warnings),
-                )
-            )
+    with tqdm(total=len(specs) * len(tasks), desc="pairs", unit="pair", disable=not progress) as outer:
+        def on_pair(result: PairResult) -> None:
+            outer.set_postfix_str(f"{result.checkpoint} / {result.task}")
             outer.update(1)
-    outer.close()
+
+        for spec in specs:
+            summary.pairs += evaluate_checkpoint(
+                spec, tasks, store, device=device, dtype=dtype, token_budget=token_budget, mode=mode,
+                overwrite=overwrite, repair=repair, progress=progress, keep_going=keep_going, on_pair=on_pair,
+            )
     return summary

@@ -86,8 +86,10 @@ def has_tokenizer_files(path: Path) -> bool:
     return any((path / n).exists() for n in names)
 
 
-def load_checkpoint(path: str, device: str | None = "cpu", dtype: str = "float32") -> LoadedCheckpoint:
-    """Load model + tokenizer in eval mode; errors name the directory and what is missing."""
+def load_checkpoint(path: str, device: str | None = "cpu", dtype: str = "float32",
+                    attn_implementation: str | None = None) -> LoadedCheckpoint:
+    """Load model + tokenizer in eval mode; errors name the directory and what is missing.
+    ``attn_implementation`` (sdpa, eager, ...) overrides transformers' choice (benchmarks compare them)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -108,7 +110,8 @@ def load_checkpoint(path: str, device: str | None = "cpu", dtype: str = "float32
     except Exception as e:  # transformers raises many types here
         raise CheckpointError(f"{path}: cannot load tokenizer: {e}") from e
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+        extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), **extra)
     except Exception as e:
         raise CheckpointError(f"{path}: cannot load model: {e}") from e
     model.to(device)

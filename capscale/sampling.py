@@ -152,6 +152,53 @@ def split_runs(runs: list[SampleRun], batch: int) -> list[list[SampleRun]]:
     return batches
 
 
+def generator_for(loaded):
+    """The decoder of a loaded checkpoint: capscale's counter-based sampler over an HF model, or the
+    engine's own ``generate`` (same signature) for a vLLM checkpoint (capscale.scoring.vllm_backend)."""
+    own = getattr(loaded, "generate", None)
+    if own is not None:
+        return own
+
+    def hf(prompts, runs, *, seed, temperature, top_p):
+        return generate(loaded.model, loaded.tokenizer, prompts, runs, seed=seed, temperature=temperature,
+                        top_p=top_p, device=loaded.device)
+
+    return hf
+
+
+BACKENDS = ("hf", "vllm")
+
+
+def release(loaded) -> None:
+    """Free a checkpoint's device memory before the next one loads (a vLLM engine holds most of the GPU)."""
+    close = getattr(loaded, "close", None)
+    if close is not None:
+        close()
+    import gc
+
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def load_for_sampling(spec, store: ResultsStore, device: str, dtype: str, backend: str = "hf"):
+    """Load a checkpoint for the chosen backend and record it in the manifest."""
+    if backend == "vllm":
+        from capscale.evaluate import manifest_record
+        from capscale.scoring.vllm_backend import load_vllm_checkpoint
+
+        loaded = load_vllm_checkpoint(spec.path, device=device, dtype=dtype)
+        store.upsert_checkpoint(manifest_record(spec, loaded))
+        return loaded
+    if backend != "hf":
+        raise CapscaleError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    from capscale.evaluate import load_and_register
+
+    return load_and_register(spec, store, device, dtype)
+
+
 @dataclass
 class SamplingRun:
     """One model's sampling of one task; call :meth:`run` to fill ``state``."""
@@ -179,9 +226,10 @@ class SamplingRun:
     def draw(self, runs: list[SampleRun], temperature: float) -> dict[int, list[str]]:
         """Texts of the samples of ``runs`` per item, in sample-index order."""
         texts: dict[int, list[str]] = {}
+        backend = generator_for(self.loaded)
         for batch in split_runs(runs, self.config.batch):
-            outs = generate(self.loaded.model, self.loaded.tokenizer, self.prompts, batch, seed=self.config.seed,
-                            temperature=temperature, top_p=self.config.top_p, device=self.loaded.device)
+            outs = backend(self.prompts, batch, seed=self.config.seed, temperature=temperature,
+                           top_p=self.config.top_p)
             for run, seqs in zip(batch, outs):
                 self.state.tokens_generated += sum(len(s) for s in seqs)
                 texts.setdefault(run.item, []).extend(self.decode(run.item, s) for s in seqs)
@@ -367,14 +415,22 @@ def sample_pair(loaded, checkpoint: str, task: GenTask, store: ResultsStore, con
     )
 
 
+def check_backend(config: SamplingConfig, backend: str) -> None:
+    """Settings that a backend cannot honour are errors before any model loads."""
+    config.validate()
+    if backend not in BACKENDS:
+        raise CapscaleError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "vllm" and config.exact:
+        raise CapscaleError("--exact needs the HF backend (one forward pass of the HF model); drop --exact or "
+                            "use --backend hf")
+
+
 def sample_checkpoints(specs, tasks: list[GenTask], store: ResultsStore, config: SamplingConfig, *,
                        device: str = "cpu", dtype: str = "float32", overwrite: bool = False,
                        repair: bool = False, progress: bool = True,
-                       keep_going: bool = True) -> list[SamplePairResult]:
+                       keep_going: bool = True, backend: str = "hf") -> list[SamplePairResult]:
     """Sample every (checkpoint, task) pair; a finished pair is skipped, one in flight resumes."""
-    from capscale.evaluate import load_and_register
-
-    config.validate()
+    check_backend(config, backend)
     if any(it.check == "python" for task in tasks for it in task.items):
         require_kernel_isolation(config.unsafe_exec)  # before any model is loaded
     store.create()
@@ -383,7 +439,7 @@ def sample_checkpoints(specs, tasks: list[GenTask], store: ResultsStore, config:
     outer = tqdm(total=len(specs) * len(tasks), desc="pairs", unit="pair", disable=not progress)
     for spec in specs:
         try:
-            loaded = load_and_register(spec, store, device, dtype)
+            loaded = load_for_sampling(spec, store, device, dtype, backend)
         except CapscaleError as e:
             if not keep_going:
                 raise
@@ -400,5 +456,6 @@ def sample_checkpoints(specs, tasks: list[GenTask], store: ResultsStore, config:
                     raise
                 results.append(SamplePairResult(spec.checkpoint, task.name, "failed", message=str(e)))
             outer.update(1)
+        release(loaded)
     outer.close()
     return results

@@ -793,8 +793,10 @@ class TrendReport:
 
 def analyse_ladder(ladder: pd.DataFrame, metric: str = "acc", *, items: pd.DataFrame | None = None,
                    tasks: list[str] | None = None, families: list[str] | None = None, direction: str = "auto",
-                   alpha: float = 0.05, n_sim: int = 999, seed: int = 0, early_warning: bool = True) -> TrendReport:
-    """Classify every family x task curve of ``metric``; families are never pooled."""
+                   alpha: float = 0.05, n_sim: int = 999, seed: int = 0, early_warning: bool = True,
+                   progress: bool = False) -> TrendReport:
+    """Classify every family x task curve of ``metric``; families are never pooled. ``progress``: a bar
+    over curves (each costs n_sim parametric-bootstrap draws per test)."""
     rows = ladder[ladder["metric"] == metric]
     if tasks:
         rows = rows[rows["task"].isin(tasks)]
@@ -808,22 +810,34 @@ def analyse_ladder(ladder: pd.DataFrame, metric: str = "acc", *, items: pd.DataF
         raise TrendError(f"no rows for metric {metric!r}" + (f" and tasks {tasks}" if tasks else "")
                          + (f" and families {families}" if families else "") + hint)
     results, skipped = [], []
-    for (task, family), _ in rows.groupby(["task", "family"], sort=True):
-        try:
-            points, axis = family_points(ladder, family, task, metric)
-            result = analyse_curve(points, axis, family, task, metric, items=items, direction=direction,
-                                   alpha=alpha, n_sim=n_sim, seed=seed)
-            if early_warning:
-                result.hidden_progress = hidden_progress(result, ladder, items, alpha=alpha, n_sim=n_sim, seed=seed)
-        except TrendError as exc:
-            skipped.append((task, family, str(exc)))
-            continue
-        results.append(result)
+    from capscale.progress import task_bar
+
+    curves = list(rows.groupby(["task", "family"], sort=True).groups)
+    with task_bar(len(curves), "trends", enabled=progress, nested=False) as bar:
+        for task, family in curves:
+            analyse_one(ladder, task, family, metric, items, direction, alpha, n_sim, seed, early_warning,
+                        results, skipped)
+            bar.task_done()
     notes = []
     if results and all(r.noise_source == "none" for r in results):
         notes.append("no noise source: no --items, and the ladder has no stderr or n_items column; classes are "
                      "shapes only, reported without confidence (p-values)")
     return TrendReport(results, skipped, notes)
+
+
+def analyse_one(ladder, task, family, metric, items, direction, alpha, n_sim, seed, early_warning, results,
+                skipped) -> None:
+    """One family x task curve, appended to ``results`` (or its reason to ``skipped``)."""
+    try:
+        points, axis = family_points(ladder, family, task, metric)
+        result = analyse_curve(points, axis, family, task, metric, items=items, direction=direction,
+                               alpha=alpha, n_sim=n_sim, seed=seed)
+        if early_warning:
+            result.hidden_progress = hidden_progress(result, ladder, items, alpha=alpha, n_sim=n_sim, seed=seed)
+    except TrendError as exc:
+        skipped.append((task, family, str(exc)))
+        return
+    results.append(result)
 
 
 def strongest_metric(tested: dict) -> str:

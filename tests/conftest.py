@@ -66,3 +66,17 @@ def checkpoints(tmp_path_factory, tokenizer) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def mc_task(tmp_path_factory) -> Path:
     return write_mc_task(tmp_path_factory.mktemp("task") / "toymc.jsonl", n_items=24, long_every=6)
+
+
+@pytest.fixture(scope="session")
+def smoke_ladder(tmp_path_factory) -> Path:
+    """The toy ladder's smoke preset (10 real checkpoints, ~25 s), built once per test session."""
+    import argparse
+
+    from capscale.toyladder import add_arguments, run
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    out = tmp_path_factory.mktemp("toy") / "smoke"
+    assert run(parser.parse_args(["--preset", "smoke", "--out", str(out), "--no-progress"])) == 0
+    return out

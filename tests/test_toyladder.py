@@ -69,10 +69,8 @@ def test_shipped_toy_tasks_match_the_generator():
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    out = tmp_path_factory.mktemp("toy") / "smoke"
-    assert run(parse(["--preset", "smoke", "--out", str(out), "--no-progress"])) == 0
-    return out
+def smoke(smoke_ladder):
+    return smoke_ladder  # built once per session (conftest), shared with tests/test_scale.py
 
 
 @pytest.mark.slow

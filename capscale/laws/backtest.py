@@ -178,10 +178,13 @@ def run_backtest(
     def make():
         return make_predictor(method, options)
 
+    every_task = get_method(method).reads_all_tasks
+    pools_families = get_method(method).pools_families
+
     def one(task, tick=None):
-        task_items = None if items is None else items[items["task"].isin([task, loss_task or task])]
-        return backtest_task(train, held, task, metric, loss, loss_task, make, task_items, tick,
-                             pools_families=get_method(method).pools_families)
+        task_items = None if items is None or every_task else items[items["task"].isin([task, loss_task or task])]
+        return backtest_task(train, held, task, metric, loss, loss_task, make, items if every_task else task_items,
+                             tick, pools_families=pools_families)
 
     from capscale.progress import task_bar
 

@@ -68,7 +68,7 @@ class Forecast:
     n_points: int = 0  # runs the scale law was fitted on
     method_used: str = ""  # the method that made the forecast (auto says which candidate won)
     internal_error: float | None = None  # mean |error| of the ladder's own rolling-origin backtests
-    widening: float | None = None  # the calibration factor applied to the interval at ``level``
+    widening: float | None = None  # the misspecification half-width the calibration added at ``level``
 
     def interval(self, level: float) -> tuple[float, float]:
         return self.intervals.get(level, (np.nan, np.nan))
@@ -252,14 +252,10 @@ class BasePredictor:
             raise ValueError(f"level must lie in (0, 1), got {level}")
         return level, sorted(set(STANDARD_LEVELS) | {level})
 
-    def _widening(self, level: float, distance: float) -> float:
-        calibration = getattr(self, "calibration_", None)
-        return 1.0 if calibration is None else calibration.factor(level, distance)
-
     def _forecast(self, value: float, draws: np.ndarray, target: dict, level: float | None = None,
                   link=None, metric: str | None = None, calibrated: bool = True, **fields) -> Forecast:
         """The forecast record: intervals at ``level`` and the standard levels from the draws'
-        deviations around their median, stretched by the calibration and added to the point.
+        deviations around their median, widened by the calibration and added to the point.
         ``link`` = (forward, inverse): the space in which deviations are additive (PassUntil's
         log(-log p)); linear by default. ``metric``: another metric than the fitted one (choice-mass
         forecasts p_correct and brier too; ``calibrated=False`` then, the calibration is the fitted one's)."""
@@ -270,22 +266,24 @@ class BasePredictor:
         distance = extrapolation_distance(getattr(self, "extent_", {}), target)
         draws = np.asarray(draws, dtype=float)
         draws = draws[np.isfinite(forward(draws))] if len(draws) else draws
-
-        def stretch(lv):
-            return self._widening(lv, distance) if calibrated else 1.0
-
+        calibration = getattr(self, "calibration_", None) if calibrated else None
         intervals = {}
         for lv in levels:
             lo, hi = deviation_quantiles(forward(draws), lv)
+            if not np.isfinite(lo):
+                lo, hi = 0.0, 0.0  # no draws (n_boot = 0): the calibration alone, if any
+            if calibration is not None:  # in the link's space, where the held-out residuals were measured
+                lo, hi = calibration.widen(lv, distance, lo, hi)
             with np.errstate(over="ignore", invalid="ignore"):
-                ends = inverse(forward(value) + stretch(lv) * lo), inverse(forward(value) + stretch(lv) * hi)
+                ends = inverse(forward(value) + lo), inverse(forward(value) + hi)
             a, b = sorted(float(x) for x in bound(metric, np.array(ends)))
-            intervals[lv] = (min(a, value), max(b, value)) if np.isfinite(lo) else (np.nan, np.nan)
+            intervals[lv] = (min(a, value), max(b, value))
         lower, upper = intervals[level]
         warnings_ = list(getattr(self, "fit_warnings_", [])) + extrapolation_warning(getattr(self, "extent_", {}), target) \
             + boot_warning(getattr(self, "n_boot_failed_", 0), self.n_boot)
+        added = calibration.extra(level, distance) if calibration is not None else None
         return Forecast(value, lower, upper, level, n_boot=len(draws), n_boot_failed=getattr(self, "n_boot_failed_", 0),
-                        warnings=warnings_, intervals=intervals, widening=stretch(level),
+                        warnings=warnings_, intervals=intervals, widening=added,
                         internal_error=getattr(getattr(self, "calibration_", None), "error", None), **fields)
 
     def _loss_interval(self, loss: float, draws: np.ndarray, level: float) -> tuple[float, float]:

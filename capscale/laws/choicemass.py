@@ -67,7 +67,8 @@ from capscale.errors import CapscaleError
 from capscale.ladder import final_checkpoints
 from capscale.laws.fitting import FitError, FitResult, one_blas_thread
 from capscale.laws.forms import SCALE_INPUTS
-from capscale.laws.base import Forecast, RunColumns, run_keys
+from capscale.laws.base import REPORT_EVERY, Forecast, RunColumns, run_keys
+from capscale.progress import report_refits
 from capscale.laws.calibration import DEFAULT_GROWTH
 from capscale.laws.predictors import STEP1_FORMS, TaskPredictor, TwoStepPredictor, fit_step1, n_free, predict_loss
 from capscale.schema import target_scale
@@ -582,6 +583,9 @@ class ChoiceMassPredictor(TaskPredictor):
                 self.n_boot_failed_ += 1
                 continue
             self.boot_fits_.append({"replicate": b, "mu": mu, "tau": tau, "noise": noise, "step1": step1})
+            if (b + 1) % REPORT_EVERY == 0:
+                report_refits(REPORT_EVERY)
+        report_refits(self.n_boot % REPORT_EVERY)
         self.n_runs_ = int(meta[["family", "model"]].drop_duplicates().shape[0]) if "model" in meta else len(meta)
         self.form_used_ = f"choice-mass in {self.x_}"
         self._calibrate(ladder, task, metric, loss, loss_task, items)

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.optimize import minimize
-from threadpoolctl import threadpool_limits
 
 from capscale.errors import CapscaleError
 from capscale.laws.forms import Form, get_form, normalise_inputs
@@ -56,16 +55,26 @@ class FitResult:
 
 
 _BLAS_LIMIT_DEPTH = [0]
+_CONTROLLER: list = []  # one ThreadpoolController per process: finding the BLAS libraries costs ~10 ms a time
+
+
+def blas_controller():
+    if not _CONTROLLER:
+        from threadpoolctl import ThreadpoolController
+
+        _CONTROLLER.append(ThreadpoolController())
+    return _CONTROLLER[0]
 
 
 class one_blas_thread:
     """L-BFGS-B calls BLAS on tiny matrices; a multi-threaded BLAS makes each call cost
-    milliseconds (15x slower fits on a busy 2-core machine). Re-entrant: only the outermost
-    use pays for inspecting the thread pools."""
+    milliseconds (15x slower fits on a busy 2-core machine). Re-entrant: only the outermost use
+    sets the limit, and the thread pools are inspected once per process (a fresh inspection on
+    every fit cost the choice-mass bootstrap a third of its time)."""
 
     def __enter__(self):
         _BLAS_LIMIT_DEPTH[0] += 1
-        self.limit = threadpool_limits(limits=1, user_api="blas") if _BLAS_LIMIT_DEPTH[0] == 1 else None
+        self.limit = blas_controller().limit(limits=1, user_api="blas") if _BLAS_LIMIT_DEPTH[0] == 1 else None
         return self
 
     def __exit__(self, *exc):

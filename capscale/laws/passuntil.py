@@ -373,6 +373,15 @@ def interval_rel_var(ladder: pd.DataFrame, points: pd.DataFrame, task: str, metr
     return None
 
 
+def pu_link(p):
+    return loglog(np.clip(p, 1e-300, P_MAX))
+
+
+def pu_unlink(v):
+    with np.errstate(over="ignore"):
+        return np.exp(-np.exp(v))
+
+
 class PassUntilPredictor(TaskPredictor):
     """PU(x) = exp(-c x^-alpha) on each run's final checkpoint (``per_item=False``), or its per-item form
     mean_i exp(-c_i x^-alpha_i) from per-item sample counts (``per_item=True``); x = params, tokens or flops.
@@ -384,6 +393,7 @@ class PassUntilPredictor(TaskPredictor):
     """
 
     method_name = "pass-until"
+    link = (pu_link, pu_unlink)  # intervals are centred in log(-log PU), where the law is a line
 
     def __init__(self, per_item: bool = False, x: str = "params", level: float = 0.9, n_boot: int = 1000,
                  seed: int = 0, calibrate=True, n_origins=3, growth=DEFAULT_GROWTH, n_boot_origin=100):
@@ -529,23 +539,6 @@ class PassUntilPredictor(TaskPredictor):
             draws = np.exp(-np.exp(loglog(np.clip(boot[:, 0], 1e-300, P_MAX)) - shift))
         return float(value[0]), bound(self.metric_, draws)
 
-    def predict(self, params=None, tokens=None, flops=None, level: float | None = None) -> Forecast:
-        """Intervals are centred in log(-log PU), where the law is a line and residuals are additive."""
-        target = target_scale(params, tokens, flops)
-        value, draws = self.predictive_draws(**target)
-        return self._forecast(value, draws, target, level, link=(pu_link, pu_unlink),
-                              **self._forecast_fields(target, level))
-
-
-def pu_link(p):
-    return loglog(np.clip(p, 1e-300, P_MAX))
-
-
-def pu_unlink(v):
-    with np.errstate(over="ignore"):
-        return np.exp(-np.exp(v))
-
-
 # --- accelerated emergence ------------------------------------------------------------------
 
 
@@ -646,3 +639,4 @@ def accelerated_emergence(x, pu, se=None, *, significance: float = 0.05, known_s
                p_value=p, alpha_at_min=float(-quad[1] - 2 * q2 * t.min()),
                alpha_at_max=float(-quad[1] - 2 * q2 * t.max()), verdict=verdict)
     return out
+

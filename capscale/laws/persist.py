@@ -22,7 +22,8 @@ from capscale.store import atomic_write_bytes
 
 STATE = ("task_", "metric_", "loss_metric_", "chance_", "extent_", "n_boot_failed_", "step1_form_", "fit_warnings_",
          "alpha_", "log_c_", "alpha_pool_", "alpha_spread_", "n_runs_", "form_used_", "form_name_", "x_", "space_",
-         "ceiling_mode_", "ceiling_value_", "last_", "noise_sd_", "method_used_", "internal_errors_")
+         "ceiling_mode_", "ceiling_value_", "last_", "noise_sd_", "method_used_", "internal_errors_",
+         "selection_scores_", "pooled_")
 DATA_COLUMNS = ("family", "model", "params", "tokens", "flops", "step", "value")
 
 

@@ -18,10 +18,13 @@ widened by the ladder's rolling-origin backtests (``calibrate=True``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
+
 from capscale.errors import CapscaleError
-from capscale.ladder import final_checkpoints, metric_series
+from capscale.ladder import LadderError, final_checkpoints, metric_series
 from capscale.laws.base import (
     RUN_KEYS,
     BasePredictor,
@@ -36,8 +39,10 @@ from capscale.laws.base import (
 from capscale.laws.calibration import DEFAULT_GROWTH, calibrate
 from capscale.laws.fitting import FitError, FitResult, fit_form, refit_many
 from capscale.laws.forms import LINEAR_SCALE, SIGMOID_SCALE, get_form, normalise_inputs
+from capscale.laws.pooling import RAW_SLOPE, SHAPE_PARAMETERS, shape_estimates, shrink
 from capscale.progress import report_refits
-from capscale.laws.rolling import OriginPoint, choose, internal_backtest, origin_splits, run_rows, task_finals
+from capscale.laws.rolling import (OriginPoint, choose, internal_backtest, origin_splits, rungs, run_rows, size_keys,
+                                   task_finals)
 from capscale.schema import OWN_LOSSES, from_goodness, metric_kind, require_inputs, target_scale, to_goodness
 
 # step 1 candidates: name -> (form, fixed parameters); "power_law" has no irreducible loss (2 parameters)
@@ -48,10 +53,29 @@ STEP1_FORMS = {
     "power_law": ("power_compute", {"E": 0.0}),
 }
 STEP1_CHOICES = ("auto", "rule", *STEP1_FORMS)
+SHORT_LADDER_SIZES = 3  # up to this many sizes, "power_law" (2 parameters) competes in step 1
 STEP2_CHOICES = ("sigmoid_loss", "exponential_loss")
 CEILINGS = ("auto", "fit", "anchor", "fixed")
 DIRECT_FORMS = ("auto", "sigmoid", "sigmoid_2p", "linear", "sigmoid_compute")
 X_CHOICES = ("auto", "flops", "params", "tokens")
+
+
+@dataclass
+class Step2Problem:
+    """What step 2 of one task is fitted on, and with which form and constraints."""
+    joined: pd.DataFrame  # every checkpoint with both the metric (value) and the loss
+    final_rows: np.ndarray  # rows of ``joined`` at each run's last step (step 1's points)
+    finals: pd.DataFrame
+    step2_data: pd.DataFrame  # kept checkpoints, smoothed
+    smoother: np.ndarray  # step2_data = smoother @ joined (linear, so item redraws smooth the same way)
+    chance: float | None
+    ceiling: float  # on the metric's good side
+    mode: str  # fit | anchor | fixed
+    reference: tuple  # the loss normalisation of step 2 (mean, sd of its points)
+    form: object
+    fixed: dict
+    anchor: tuple | None  # (loss, value in the fit's space)
+    space: str  # goodness | error
 
 
 def resolve_x(x: str, finals: pd.DataFrame) -> str:
@@ -88,12 +112,36 @@ def old_step1_rule(finals: pd.DataFrame) -> str:
     return "chinchilla" if len(finals) >= 8 and step1_eligible("chinchilla", finals, len(finals)) else "power_compute"
 
 
+_STEP1_MEMO: dict = {}  # step-1 fits and choices by their data: every task of a ladder that shares one loss
+_STEP1_MEMO_SIZE = 512  # (a validation loss, as OpenLM's C4) reuses them instead of refitting the same law
+
+
+def step1_key(*parts) -> bytes:
+    """A key for step-1 memoisation: the bytes of the scale inputs and losses, and the settings."""
+    out = []
+    for part in parts:
+        out.append(np.ascontiguousarray(part, dtype=float).tobytes() if isinstance(part, (np.ndarray, pd.Series))
+                   else repr(part).encode())
+    return b"|".join(out)
+
+
+def memoised(key: bytes, compute):
+    if key not in _STEP1_MEMO:
+        _STEP1_MEMO[key] = compute()
+        while len(_STEP1_MEMO) > _STEP1_MEMO_SIZE:
+            _STEP1_MEMO.pop(next(iter(_STEP1_MEMO)))
+    return _STEP1_MEMO[key]
+
+
 def fit_step1(name: str, finals: pd.DataFrame, loss: np.ndarray, warm: FitResult | None = None) -> FitResult:
     form, fixed = STEP1_FORMS[name]
     f = get_form(form)
     inputs = {k: finals[k].to_numpy(float) for k in f.inputs}
     extra = {} if warm is None else dict(starts=[warm.params], reference=warm.reference)
-    return fit_form(f, inputs, loss, fixed=fixed, **extra)
+    if warm is not None:
+        return fit_form(f, inputs, loss, fixed=fixed, **extra)
+    key = step1_key("fit", name, *inputs.values(), np.asarray(loss, dtype=float))
+    return memoised(key, lambda: fit_form(f, inputs, loss, fixed=fixed))
 
 
 def predict_loss(target: dict, fit: FitResult) -> float:
@@ -104,6 +152,8 @@ def predict_loss(target: dict, fit: FitResult) -> float:
 
 class TaskPredictor(BasePredictor):
     """A predictor of one task's metric with the common hyper-parameters of calibration."""
+
+    link = None  # (forward, inverse): the space where errors are additive (None: the metric's own units)
 
     def __init__(self, level=0.9, n_boot=1000, seed=0, calibrate=True, n_origins=3, growth=DEFAULT_GROWTH,
                  n_boot_origin=100):
@@ -120,13 +170,13 @@ class TaskPredictor(BasePredictor):
             return
         probe = self.clone(n_boot=self.n_boot_origin, calibrate=False)
         points = internal_backtest(probe, ladder, task, metric, loss, loss_task, items, self.n_origins)
-        self.calibration_ = calibrate(points, self.growth)
+        self.calibration_ = calibrate(points, self.growth, self.link)
         self.origin_points_ = points
 
     def predict(self, params=None, tokens=None, flops=None, level: float | None = None) -> Forecast:
         target = target_scale(params, tokens, flops)
         value, draws = self.predictive_draws(**target)
-        return self._forecast(value, draws, target, level, **self._forecast_fields(target, level))
+        return self._forecast(value, draws, target, level, link=self.link, **self._forecast_fields(target, level))
 
     def _forecast_fields(self, target: dict, level) -> dict:
         return {"form_used": getattr(self, "form_used_", ""), "n_points": int(getattr(self, "n_runs_", 0)),
@@ -161,15 +211,13 @@ class DirectPredictor(TaskPredictor):
             return LINEAR_SCALE[self.x_].name, {}
         raise CapscaleError(f"direct form must be one of {', '.join(DIRECT_FORMS)}, got {name!r}")
 
-    def candidates(self, n_runs: int, chance: float | None) -> list[str]:
+    @staticmethod
+    def candidates(n_runs: int, chance: float | None) -> list[str]:
         """Forms the ladder can determine with one point to spare, most flexible first."""
-        out = []
-        for name in ("sigmoid", "sigmoid_2p", "linear"):
-            if name == "sigmoid_2p" and chance is None:
-                continue  # a floor is what makes two parameters enough
-            form, fixed = self._spec(name, chance)
-            if n_runs >= n_free(form, fixed) + 1:
-                out.append(name)
+        free = {"sigmoid": 4 if chance is None else 3, "sigmoid_2p": 2, "linear": 2}
+        out = [name for name in ("sigmoid", "sigmoid_2p", "linear")
+               if not (name == "sigmoid_2p" and chance is None)  # a floor is what makes two parameters enough
+               and n_runs >= free[name] + 1]
         return out or ["linear"]
 
     def fit(self, ladder: pd.DataFrame, task: str, metric: str = "acc", loss: str | None = None,
@@ -207,13 +255,7 @@ class DirectPredictor(TaskPredictor):
                                              {"value": (task, metric)})
         self.items_resampled_ = resampler is not None
 
-        def fit_once(run_indices=None, redrawn=None):
-            data = columns.take({**base, **({k: to_goodness(metric, v) for k, v in (redrawn or {}).items()})},
-                                run_indices)
-            warm = {} if run_indices is None else dict(starts=[self.fit_.params], reference=self.fit_.reference)
-            return fit_form(form, {self.x_: data[self.x_]}, data["value"], fixed=fixed, **warm)
-
-        self.fit_ = fit_once()
+        self.fit_ = fit_form(form, {self.x_: base[self.x_]}, base["value"], fixed=fixed)
         self.noise_ = base["value"] - self.fit_.predict(**{self.x_: base[self.x_]})
         self.fit_warnings_ = dof_warning(self.fit_, "the fit")
         if name == "linear":  # t-based prediction interval: no bootstrap needed
@@ -221,6 +263,8 @@ class DirectPredictor(TaskPredictor):
         else:
             counts, redrawn = self._resamples(len(runs), resampler)
             keep = (counts > 0).sum(1) >= len(form.param_names) - len(fixed)
+            if not keep.any():
+                counts, keep, resampler = counts[:0], keep[:0], None
             y = base["value"] if resampler is None else np.stack(
                 [to_goodness(metric, r["value"]) for r, k in zip(redrawn, keep) if k])
             refits = refit_many(self.fit_, {self.x_: base[self.x_]}, y, counts[keep][:, columns.row_runs()])
@@ -280,14 +324,16 @@ class TwoStepPredictor(TaskPredictor):
       to pass through it at L = 0; "fit": the ladder's checkpoints decide; "auto": anchor where the
       loss is the task's own correct-answer loss (bpb_correct / nll_correct of the same task), fit
       otherwise (a validation loss of 0 says nothing about accuracy).
-    The ceiling is 1, or the task's ``ceiling`` column where the table has one (e.g. label noise)."""
+    The ceiling is 1, or the task's ``ceiling`` column where the table has one (e.g. label noise).
+    ``pool="tasks"``: step 2's slope (and height, where the ceiling is fitted) partially pooled with the
+    ladder's other tasks (capscale.laws.pooling); off by default (see README for the backtests)."""
 
     method_name = "two-step"
 
     def __init__(self, step1: str = "auto", step2: str = "sigmoid_loss", ceiling: str = "auto",
                  anchor_weight: float = 1.0, intermediate: bool = True, skip_fraction: float = 0.1,
-                 smooth: int = 5, step2_delta: float | None = None, level=0.9, n_boot=1000, seed=0,
-                 calibrate=True, n_origins=3, growth=DEFAULT_GROWTH, n_boot_origin=100):
+                 smooth: int = 5, step2_delta: float | None = None, pool: str = "none", level=0.9, n_boot=1000,
+                 seed=0, calibrate=True, n_origins=3, growth=DEFAULT_GROWTH, n_boot_origin=100):
         super().__init__(level, n_boot, seed, calibrate, n_origins, growth, n_boot_origin)
         self.step1 = step1
         self.step2 = step2
@@ -297,6 +343,7 @@ class TwoStepPredictor(TaskPredictor):
         self.skip_fraction = skip_fraction
         self.smooth = smooth
         self.step2_delta = step2_delta
+        self.pool = pool
 
     # --- step 1 ---------------------------------------------------------------------------
     def choose_step1(self, finals: pd.DataFrame, loss: np.ndarray) -> str:
@@ -304,22 +351,35 @@ class TwoStepPredictor(TaskPredictor):
         on the ladder's own largest runs, compared on the origins every candidate could fit)."""
         if self.step1 == "rule":
             return old_step1_rule(finals)
+        if self.step1 == "auto":  # the same losses give the same choice: a shared validation loss is chosen once
+            key = step1_key("choose", self.n_origins, *(finals[c] for c in ("params", "tokens", "flops")), loss,
+                            finals["family"].astype(str).tolist(), finals["model"].astype(str).tolist())
+            name, self.step1_errors_ = memoised(key, lambda: self._choose_step1(finals, loss))
+            return name
+        return self._choose_step1(finals, loss)[0]
+
+    def _choose_step1(self, finals: pd.DataFrame, loss: np.ndarray) -> tuple[str, dict]:
+        """(form, {form: internal relative loss error}) — errors empty when there was nothing to compare."""
         if self.step1 != "auto":
             if not step1_eligible(self.step1, finals, len(finals)):
                 raise CapscaleError(f"step 1 {self.step1!r} cannot be determined from {len(finals)} runs"
                                     + (" (tokens per parameter must vary)" if "chinchilla" in self.step1 else ""))
-            return self.step1
+            return self.step1, {}
         options = [n for n in STEP1_FORMS if step1_eligible(n, finals, len(finals))]
+        if len(rungs(size_keys(finals))) > SHORT_LADDER_SIZES:
+            # a law without irreducible loss is the fallback of short ladders, not a rival: fitted on the
+            # smallest rungs of a longer ladder it often wins the rolling origin there and then
+            # extrapolates far too low (OpenLM testbed C4 loss at 6.9B: -12%)
+            options = [n for n in options if n != "power_law"] or options
         if not options:
             raise CapscaleError(f"step 1 needs at least 2 runs with a loss, got {len(finals)}")
-        self.step1_errors_ = {}
         if len(options) == 1:
-            return options[0]
-        splits = origin_splits(finals, self.n_origins)
+            return options[0], {}
         scored: dict[str, list] = {n: [] for n in options}
         keys = list(finals[RUN_KEYS].itertuples(index=False, name=None))
-        for k, train, test in splits:
-            tr = np.array([key in set(train) for key in keys])
+        for k, train, test in origin_splits(finals, self.n_origins):
+            in_train = set(train)
+            tr = np.array([key in in_train for key in keys])
             for name in options:
                 if not step1_eligible(name, finals[tr], int(tr.sum())):
                     continue
@@ -331,8 +391,8 @@ class TwoStepPredictor(TaskPredictor):
                     row = finals.iloc[i]
                     predicted = predict_loss(target_scale(row["params"], row["tokens"], row["flops"]), fit)
                     scored[name].append(OriginPoint(k, str(row["model"]), 1.0, predicted / loss[i], 0.0))
-        best, self.step1_errors_ = choose({n: p for n, p in scored.items() if p})
-        return best or max(options, key=lambda n: n_free(*STEP1_FORMS[n]))
+        best, errors = choose({n: p for n, p in scored.items() if p})
+        return best or max(options, key=lambda n: n_free(*STEP1_FORMS[n])), errors
 
     # --- step 2 ---------------------------------------------------------------------------
     def _ceiling_mode(self, own_loss: bool) -> str:
@@ -365,10 +425,6 @@ class TwoStepPredictor(TaskPredictor):
             return get_form("exponential_loss"), {}, anchor, "error"
         raise CapscaleError(f"step 2 must be one of {', '.join(STEP2_CHOICES)}, got {self.step2!r}")
 
-    def _to_space(self, values):
-        g = to_goodness(self.metric_, values)
-        return g if self.space_ == "goodness" else 1.0 - g
-
     def _from_space(self, values):
         g = values if self.space_ == "goodness" else 1.0 - values
         return from_goodness(self.metric_, g)
@@ -379,11 +435,9 @@ class TwoStepPredictor(TaskPredictor):
         return self._from_space(fit.predict(loss=np.asarray(loss, dtype=float)))
 
     # --- fit ------------------------------------------------------------------------------
-    def fit(self, ladder: pd.DataFrame, task: str, metric: str = "acc", loss: str = "bpb_correct",
-            loss_task: str | None = None, items: pd.DataFrame | None = None) -> "TwoStepPredictor":
-        """``loss_task`` takes the loss from another task (e.g. a validation loss, as Gadre et al. 2024);
-        ``items`` (capscale.metrics.item_metrics of the ladder's store) adds item resampling."""
-        self.task_, self.metric_, self.loss_metric_ = task, metric, loss
+    def _problem(self, ladder: pd.DataFrame, task: str, metric: str, loss: str, loss_task: str | None) -> Step2Problem:
+        """One task's points for both steps: checkpoints with the metric and the loss, final rows for
+        step 1, the skip + moving-average operator for step 2, and step 2's form and constraints."""
         loss_points = metric_series(ladder, loss_task or task, loss)
         value_points = metric_series(ladder, task, metric)
         joined = value_points.merge(loss_points[RUN_KEYS + ["step", "value"]].rename(columns={"value": "loss"}),
@@ -394,95 +448,134 @@ class TwoStepPredictor(TaskPredictor):
         last_step = joined.groupby(RUN_KEYS, sort=False)["step"].transform("max")
         final_rows = np.flatnonzero((joined["step"].isna() | (joined["step"] == last_step)).to_numpy())
         finals = joined.iloc[final_rows].reset_index(drop=True)  # same rows as ladder.final_checkpoints
-        self.n_runs_ = len(finals)
-        self.step1_form_ = self.choose_step1(finals, finals["loss"].to_numpy(float))
         if self.intermediate:
             step2_data, smoother = smoothing_operator(joined, self.skip_fraction, self.smooth)
         else:
             step2_data, smoother = finals, np.eye(len(joined))[final_rows]
         step2_data = step2_data.assign(loss=smoother @ joined["loss"].to_numpy(float),
                                        value=smoother @ joined["value"].to_numpy(float))
-        self.data_, self.step2_data_ = finals, step2_data
+        chance = chance_level(joined) if metric_kind(metric).has_chance else None
+        chance_g = None if chance is None else float(to_goodness(metric, chance))
+        has_ceiling = "ceiling" in joined and joined["ceiling"].notna().any()
+        ceiling_g = float(to_goodness(metric, float(joined["ceiling"].dropna().median()))) if has_ceiling else 1.0
+        mode = self._ceiling_mode(loss in OWN_LOSSES and (loss_task is None or loss_task == task))
+        reference = normalise_inputs(get_form("sigmoid_loss"), {"loss": step2_data["loss"].to_numpy(float)})[1]["loss"]
+        form, fixed, anchor, space = self._step2_spec(mode, chance_g, ceiling_g, reference)
+        return Step2Problem(joined, final_rows, finals, step2_data, smoother, chance, ceiling_g, mode, reference, form,
+                            fixed, anchor, space)
+
+    def _fit_step2(self, problem: Step2Problem, x, y, fixed: dict | None = None) -> FitResult:
+        """Step 2 on (loss, value-in-its-space) points; with an anchor, the fit without it is a start."""
+        fixed = problem.fixed if fixed is None else fixed
+        reference = {"loss": problem.reference}
+        free_fit = fit_form(problem.form, {"loss": x}, y, fixed=fixed, delta=self.step2_delta, reference=reference)
+        if problem.anchor is None:
+            return free_fit
+        x, y = np.append(x, problem.anchor[0]), np.append(y, problem.anchor[1])
+        weights = np.append(np.ones(len(x) - 1), self.anchor_weight)
+        return fit_form(problem.form, {"loss": x}, y, fixed=fixed, weights=weights, delta=self._anchor_delta(len(x) - 1),
+                        reference=reference, extra_starts=[free_fit.params])
+
+    def _anchor_delta(self, n_points: int) -> np.ndarray:
+        """Huber's threshold for the data, none (a squared residual) for the anchor."""
+        return np.append(np.full(n_points, 1e-2 if self.step2_delta is None else self.step2_delta), np.inf)
+
+    def _space_values(self, problem: Step2Problem, metric: str, values) -> np.ndarray:
+        g = to_goodness(metric, np.asarray(values, dtype=float))
+        return g if problem.space == "goodness" else 1.0 - g
+
+    def _pooled_shape(self, ladder, task, metric, loss, loss_task, problem: Step2Problem) -> dict:
+        """Step 2's free shape parameters, partially pooled with the ladder's other tasks
+        (capscale.laws.pooling); {} when pooling is off or fewer than three tasks can be fitted."""
+        if self.pool == "none":
+            return {}
+        if self.pool != "tasks":
+            raise CapscaleError(f"pool must be none or tasks, got {self.pool!r}")
+        wanted = [p for p in SHAPE_PARAMETERS.get(problem.form.name, ()) if p not in problem.fixed]
+        estimates = {}
+        tasks = [t for t in sorted(ladder.loc[ladder["metric"] == metric, "task"].unique())]
+        for other in tasks:
+            try:
+                pr = problem if other == task else self._problem(ladder, other, metric, loss, loss_task)
+                x = pr.step2_data["loss"].to_numpy(float)
+                y = self._space_values(pr, metric, pr.step2_data["value"])
+                estimates[other] = shape_estimates(self._fit_step2(pr, x, y), x, y, tuple(wanted))
+            except (CapscaleError, FitError, LadderError):
+                continue
+        if task not in estimates or len(estimates) < 3:
+            return {}
+        out = {}
+        for p in wanted:
+            if p not in estimates[task]:
+                continue
+            others = [e[p] for t, e in estimates.items() if t != task and p in e]
+            value = shrink(estimates[task][p], others)
+            out[p] = value * (problem.reference[1] if p in RAW_SLOPE else 1.0)
+        self.pooled_ = {"tasks": len(estimates), **out}
+        return out
+
+    def fit(self, ladder: pd.DataFrame, task: str, metric: str = "acc", loss: str = "bpb_correct",
+            loss_task: str | None = None, items: pd.DataFrame | None = None) -> "TwoStepPredictor":
+        """``loss_task`` takes the loss from another task (e.g. a validation loss, as Gadre et al. 2024);
+        ``items`` (capscale.metrics.item_metrics of the ladder's store) adds item resampling."""
+        self.task_, self.metric_, self.loss_metric_ = task, metric, loss
+        problem = self._problem(ladder, task, metric, loss, loss_task)
+        finals, joined = problem.finals, problem.joined
+        self.n_runs_ = len(finals)
+        self.step1_form_ = self.choose_step1(finals, finals["loss"].to_numpy(float))
+        self.data_, self.step2_data_ = finals, problem.step2_data
         self.extent_ = ladder_extent(finals)
-        self.chance_ = chance_level(joined) if metric_kind(metric).has_chance else None
-        chance_g = None if self.chance_ is None else float(to_goodness(metric, self.chance_))
-        ceiling_value = float(joined["ceiling"].dropna().median()) if "ceiling" in joined and joined["ceiling"].notna().any() else None
-        ceiling_g = 1.0 if ceiling_value is None else float(to_goodness(metric, ceiling_value))
-        own_loss = loss in OWN_LOSSES and (loss_task is None or loss_task == task)
-        self.ceiling_mode_ = self._ceiling_mode(own_loss)
-        self.ceiling_value_ = ceiling_g
-        loss_reference = normalise_inputs(get_form("sigmoid_loss"), {"loss": step2_data["loss"].to_numpy(float)})[1]["loss"]
-        f2, fixed2, anchor, self.space_ = self._step2_spec(self.ceiling_mode_, chance_g, ceiling_g, loss_reference)
+        self.chance_ = problem.chance
+        self.ceiling_mode_, self.ceiling_value_, self.space_ = problem.mode, problem.ceiling, problem.space
+        problem.fixed = {**problem.fixed, **self._pooled_shape(ladder, task, metric, loss, loss_task, problem)}
         f1_name = self.step1_form_
-        self.form_used_ = f"{STEP1_FORMS[f1_name][0]}{' (E=0)' if f1_name == 'power_law' else ''} -> {f2.name}" + (
-            f" (ceiling {self.ceiling_mode_})" if self.ceiling_mode_ != "fit" else "")
-
-        runs = run_keys(finals)
-        step1_columns, step2_columns = RunColumns(finals, runs), RunColumns(step2_data, runs)
-        joined_values = {"loss": joined["loss"].to_numpy(float), "value": joined["value"].to_numpy(float)}
-        resampler = ItemResampler.from_items(items, joined.get("checkpoint", pd.Series([np.nan])),
-                                             {"value": (task, metric), "loss": (loss_task or task, loss)})
-        self.items_resampled_ = resampler is not None
-        delta = self.step2_delta
-
-        def fit_step2(x, y, warm: FitResult | None):
-            reference = {"loss": loss_reference} if warm is None else warm.reference
-            starts = None if warm is None else [warm.params]
-            if anchor is None:
-                return fit_form(f2, {"loss": x}, y, fixed=fixed2, delta=delta, reference=reference, starts=starts)
-            # the fit without the anchor is a good start with it: the anchor pulls the same curve upward
-            free_fit = fit_form(f2, {"loss": x}, y, fixed=fixed2, delta=delta, reference=reference, starts=starts)
-            x, y = np.append(x, anchor[0]), np.append(y, anchor[1])
-            weights = np.append(np.ones(len(x) - 1), self.anchor_weight)
-            d = np.append(np.full(len(x) - 1, 1e-2 if delta is None else delta), np.inf)
-            return fit_form(f2, {"loss": x}, y, fixed=fixed2, weights=weights, delta=d, reference=reference,
-                            starts=starts, extra_starts=[free_fit.params])
-
-        def fit_once(run_indices=None, redrawn=None):
-            values = {**joined_values, **(redrawn or {})}
-            d1 = step1_columns.take({**{k: finals[k].to_numpy(float) for k in ("params", "tokens", "flops")},
-                                     "loss": values["loss"][final_rows]}, run_indices)
-            d2 = step2_columns.take({c: smoother @ values[c] for c in ("loss", "value")}, run_indices)
-            full = run_indices is None
-            s1 = fit_step1(f1_name, pd.DataFrame(d1), d1["loss"], warm=None if full else self.fit_[0])
-            s2 = fit_step2(d2["loss"], self._to_space(d2["value"]), None if full else self.fit_[1])
-            return s1, s2
-
-        self.fit_ = fit_once()
+        self.form_used_ = f"{STEP1_FORMS[f1_name][0]}{' (E=0)' if f1_name == 'power_law' else ''} -> {problem.form.name}" + (
+            f" (ceiling {problem.mode})" if problem.mode != "fit" else "") + (" (shape pooled)" if self.pool != "none" and
+                                                                             hasattr(self, "pooled_") else "")
+        s1 = fit_step1(f1_name, finals, finals["loss"].to_numpy(float))
+        s2 = self._fit_step2(problem, problem.step2_data["loss"].to_numpy(float),
+                             self._space_values(problem, metric, problem.step2_data["value"]))
+        self.fit_ = (s1, s2)
         # observation noise for the prediction interval: unsmoothed step-2 points around the fitted curve
         raw = smooth_runs(joined, self.skip_fraction, 1) if self.intermediate else finals
         self.noise_ = raw["value"].to_numpy(float) - self.step2_curve(raw["loss"].to_numpy(float))
-        self.fit_warnings_ = dof_warning(self.fit_[0], "step 1") + dof_warning(self.fit_[1], "step 2")
-        self.boot_fits_, self.n_boot_failed_ = self._refit_both(runs, step1_columns, step2_columns, resampler,
-                                                                finals, final_rows, smoother, anchor, delta)
+        self.fit_warnings_ = dof_warning(s1, "step 1") + dof_warning(s2, "step 2")
+        resampler = ItemResampler.from_items(items, joined.get("checkpoint", pd.Series([np.nan])),
+                                             {"value": (task, metric), "loss": (loss_task or task, loss)})
+        self.items_resampled_ = resampler is not None
+        self.boot_fits_, self.n_boot_failed_ = self._refit_both(problem, resampler)
         self._calibrate(ladder, task, metric, loss, loss_task, items)
         return self
 
-    def _refit_both(self, runs, step1_columns, step2_columns, resampler, finals, final_rows, smoother, anchor, delta):
+    def _refit_both(self, problem: Step2Problem, resampler):
         """Both steps refitted on every bootstrap resample at once (capscale.laws.fitting.refit_many):
         a resample is a weighting of the runs (how often each was drawn), plus redrawn items."""
         s1, s2 = self.fit_
+        finals = problem.finals
+        runs = run_keys(finals)
         counts, redrawn = self._resamples(len(runs), resampler)
         keep = (counts > 0).sum(1) >= n_free(*STEP1_FORMS[self.step1_form_])
+        if not keep.any():
+            return [], self.n_boot
         if resampler is None:
             y1 = finals["loss"].to_numpy(float)
-            x2, v2 = self.step2_data_["loss"].to_numpy(float), self.step2_data_["value"].to_numpy(float)
+            x2, v2 = problem.step2_data["loss"].to_numpy(float), problem.step2_data["value"].to_numpy(float)
         else:
             loss = np.stack([r["loss"] for r, k in zip(redrawn, keep) if k]).reshape(int(keep.sum()), -1)
             value = np.stack([r["value"] for r, k in zip(redrawn, keep) if k]).reshape(int(keep.sum()), -1)
-            y1, x2, v2 = loss[:, final_rows], loss @ smoother.T, value @ smoother.T
-        w1 = counts[keep][:, step1_columns.row_runs()]
-        w2 = counts[keep][:, step2_columns.row_runs()]
-        y2 = self._to_space(v2)
-        d = delta
-        if anchor is not None:
+            y1, x2, v2 = loss[:, problem.final_rows], loss @ problem.smoother.T, value @ problem.smoother.T
+        w1 = counts[keep][:, RunColumns(finals, runs).row_runs()]
+        w2 = counts[keep][:, RunColumns(problem.step2_data, runs).row_runs()]
+        y2 = self._space_values(problem, self.metric_, v2)
+        delta = self.step2_delta
+        if problem.anchor is not None:
             b = w2.shape[0]
-            x2 = np.concatenate([np.broadcast_to(x2, (b, w2.shape[1])), np.full((b, 1), anchor[0])], axis=1)
-            y2 = np.concatenate([np.broadcast_to(y2, (b, w2.shape[1])), np.full((b, 1), anchor[1])], axis=1)
+            x2 = np.concatenate([np.broadcast_to(x2, (b, w2.shape[1])), np.full((b, 1), problem.anchor[0])], axis=1)
+            y2 = np.concatenate([np.broadcast_to(y2, (b, w2.shape[1])), np.full((b, 1), problem.anchor[1])], axis=1)
             w2 = np.concatenate([w2, np.full((b, 1), self.anchor_weight)], axis=1)
-            d = np.append(np.full(x2.shape[1] - 1, 1e-2 if delta is None else delta), np.inf)
+            delta = self._anchor_delta(x2.shape[1] - 1)
         step1 = refit_many(s1, {k: finals[k].to_numpy(float) for k in s1.form.inputs}, y1, w1)
-        step2 = refit_many(s2, {"loss": x2}, y2, w2, delta=d)
+        step2 = refit_many(s2, {"loss": x2}, y2, w2, delta=delta)
         fits = [(a, b) for a, b in zip(step1, step2) if a is not None and b is not None]
         report_refits(self.n_boot)
         return fits, self.n_boot - len(fits)
@@ -564,20 +657,21 @@ def smoothing_operator(points: pd.DataFrame, skip_fraction: float, window: int) 
     ``rolling(window, center=True, min_periods=1)``), as a matrix S over ``points``' rows: the kept
     rows and S, so that smoothed values = S @ values. Being linear, it also smooths every bootstrap
     resample of the items without pandas in the loop."""
-    kept, rows = [], []
+    kept, blocks = [], []
     left, right = window // 2, window - 1 - window // 2
     for _, run in points.groupby(RUN_KEYS, sort=False):
         run = run.sort_values("step")
         if run["step"].notna().all() and len(run) > 1:
             run = run[run["step"] >= skip_fraction * run["step"].max()]
-        index = list(run.index)
-        for k in range(len(index)):
-            row = np.zeros(len(points))
-            members = index[max(0, k - left): k + right + 1] if window > 1 else [index[k]]
-            row[[points.index.get_loc(m) for m in members]] = 1.0 / len(members)
-            rows.append(row)
+        columns = points.index.get_indexer(run.index)
+        n = len(columns)
+        block = np.zeros((n, len(points)))
+        for k in range(n):
+            members = columns[max(0, k - left): k + right + 1] if window > 1 else columns[k:k + 1]
+            block[k, members] = 1.0 / len(members)
+        blocks.append(block)
         kept.append(run)
-    return pd.concat(kept, ignore_index=True), np.array(rows)
+    return pd.concat(kept, ignore_index=True), np.vstack(blocks)
 
 
 def smooth_runs(points: pd.DataFrame, skip_fraction: float, window: int) -> pd.DataFrame:

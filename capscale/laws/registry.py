@@ -26,6 +26,7 @@ class MethodOptions:
     anchor_weight: float = 1.0
     calibrate: bool = True
     n_origins: int = 3
+    pool: str = "none"
     extra: dict = field(default_factory=dict)
 
     def common(self) -> dict:
@@ -44,19 +45,21 @@ class Method:
     summary: str
     predictor_class: str = ""  # class name, for saved fits
     pools_families: bool = False  # fitted on every family of the table (told the target's family), not on one
+    reads_all_tasks: bool = False  # its fit looks at every task's data (and per-item rows), not only its own
 
 
 def _auto(o: MethodOptions):
     from capscale.laws.auto import AutoPredictor
 
-    return AutoPredictor(ceiling=o.ceiling, anchor_weight=o.anchor_weight, **o.common())
+    return AutoPredictor(select=o.extra.get("select", "ladder"), ceiling=o.ceiling, anchor_weight=o.anchor_weight,
+                         **o.common())
 
 
 def _two_step(o: MethodOptions):
     from capscale.laws.predictors import TwoStepPredictor
 
     return TwoStepPredictor(step1=o.step1, step2=o.step2, ceiling=o.ceiling, anchor_weight=o.anchor_weight,
-                            **o.common())
+                            pool=o.pool, **o.common())
 
 
 def _direct(o: MethodOptions):
@@ -95,8 +98,9 @@ def _observational(o: MethodOptions):
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("auto", _auto, "acc", "choices", False, "plot_forecast",
-           "per task, the candidate that forecasts the ladder's own largest runs best (rolling origin); "
-           "with several families, observational is one", "AutoPredictor", pools_families=True),
+           "the candidate that forecasts the ladder's own largest runs best (rolling origin, over all its tasks); "
+           "with several families, observational is one",
+           "AutoPredictor", reads_all_tasks=True, pools_families=True),
     Method("two-step", _two_step, "acc", "item_metrics", False, "plot_two_step",
            "compute -> task loss -> metric (OLMo ladder), step-1 form by rolling origin, anchored ceiling",
            "TwoStepPredictor"),

@@ -18,7 +18,14 @@ Default workload: evals/tasks/fiveshot_facts.jsonl on a random-init Llama checkp
 
     python evals/bench/scoring_speed.py                        # CPU, full size, writes results/bench/
     python evals/bench/scoring_speed.py --items 16 --batch-sizes 8 --out /tmp/bench   # smoke test
-    python evals/bench/scoring_speed.py --device cuda --model DIR --peak-tflops 989 --dtype bfloat16
+    python evals/bench/scoring_speed.py --device cuda --model DIR --dtype bfloat16 --lm-eval-vllm   # GPU
+
+On CUDA the report adds the share of the GPU's peak dense bf16/fp16 FLOP/s (``--peak-tflops``, else
+looked up by GPU name in PEAK_TFLOPS), lm-eval's vLLM backend where vLLM is installed
+(``--lm-eval-vllm``), and which attention implementation runs with capscale's 4-D prefix-sharing
+mask: the model's ``attn_implementation`` and, for SDPA, which kernels (flash, memory-efficient,
+cuDNN, math) accept the mask, with their time on a few items (``attention_report``).
+evals/bench/gpu_bench.sh runs all of it (sdpa and eager) on a random-init ~300M Llama.
 """
 
 from __future__ import annotations
@@ -43,6 +50,18 @@ from capscale.tinymodels import save_random_checkpoint, train_tokenizer
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TASK = ROOT / "evals" / "tasks" / "fiveshot_facts.jsonl"
 WARMUP_ITEMS = 4
+# dense (no sparsity) bf16 tensor-core peak, TFLOP/s, from the vendors' data sheets; first match wins
+PEAK_TFLOPS = (("H200", 989.0), ("H100 SXM", 989.0), ("H100 NVL", 835.0), ("H100 PCIe", 756.0), ("H100", 756.0),
+               ("GH200", 989.0), ("B200", 2250.0), ("A100", 312.0), ("A800", 312.0), ("L40S", 362.0),
+               ("L40", 181.0), ("L4", 121.0), ("A10G", 125.0), ("A10", 125.0), ("A6000", 155.0),
+               ("RTX 4090", 165.0), ("RTX 3090", 71.0))
+
+
+def peak_tflops(args) -> float | None:
+    if args.peak_tflops or args.device != "cuda":
+        return args.peak_tflops
+    name = torch.cuda.get_device_name(0)
+    return next((value for key, value in PEAK_TFLOPS if key in name), None)
 
 
 def parse_args(argv=None):
@@ -55,7 +74,11 @@ def parse_args(argv=None):
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--model", default=None, help="existing HF checkpoint dir (default: build a random Llama)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (same for both sides)")
-    ap.add_argument("--peak-tflops", type=float, default=None, help="device peak TFLOP/s for the utilisation column (CUDA)")
+    ap.add_argument("--peak-tflops", type=float, default=None,
+                    help="device peak TFLOP/s for the utilisation column (CUDA; default: looked up by GPU name)")
+    ap.add_argument("--attn-implementation", default=None, choices=["sdpa", "eager"],
+                    help="attention implementation for both sides (default: transformers' choice)")
+    ap.add_argument("--lm-eval-vllm", action="store_true", help="also time lm-eval's vLLM backend (CUDA, if installed)")
     ap.add_argument("--vocab", type=int, default=8192, help="tokenizer size for the built checkpoint")
     ap.add_argument("--d-model", type=int, default=256, help="width of the built checkpoint")
     ap.add_argument("--n-layers", type=int, default=8, help="depth of the built checkpoint")
@@ -119,12 +142,13 @@ def run_both(model_dir: str, items, requests, args) -> tuple[list[dict], list[di
     """
     from lm_eval.models.huggingface import HFLM
 
-    ck = load_checkpoint(model_dir, device=args.device, dtype=args.dtype)
+    ck = load_checkpoint(model_dir, device=args.device, dtype=args.dtype, attn_implementation=args.attn_implementation)
     score_items(ck.model, ck.tokenizer, items[:WARMUP_ITEMS], max_length=ck.max_length, device=ck.device,
                 token_budget=args.token_budget, progress=False)  # warm-up
     cs_runs, le_runs = [], []
     for bs in [int(b) for b in args.batch_sizes.split(",") if b.strip()]:
-        lm = HFLM(pretrained=model_dir, dtype=args.dtype, device=args.device, batch_size=bs)
+        extra = {"attn_implementation": args.attn_implementation} if args.attn_implementation else {}
+        lm = HFLM(pretrained=model_dir, dtype=args.dtype, device=args.device, batch_size=bs, **extra)
         lm.loglikelihood(requests[: WARMUP_ITEMS * 4], disable_tqdm=True)  # warm-up
         cs = capscale_run(ck, items, args)
         print(f"capscale mode={cs['mode']:<8s}   {cs['seconds']:8.2f} s wall {cs['cpu_seconds']:8.2f} s cpu", flush=True)
@@ -134,6 +158,49 @@ def run_both(model_dir: str, items, requests, args) -> tuple[list[dict], list[di
         le_runs.append(le)
         del lm
     return cs_runs, le_runs, ck
+
+
+def attention_report(ck, items, args) -> dict:
+    """Which attention runs with the packed 4-D mask: the model's implementation and, for SDPA, each
+    kernel forced in turn on a few items (accepted or not, seconds, max |Δ| against the default)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    impl = getattr(ck.model.config, "_attn_implementation", None)
+    report = {"attn_implementation": impl, "sdpa_kernels": {}}
+    if impl != "sdpa":
+        return report
+    few = items[: 2 * WARMUP_ITEMS]
+    kw = dict(max_length=ck.max_length, device=ck.device, token_budget=args.token_budget, progress=False,
+              mode="shared")
+    base = score_items(ck.model, ck.tokenizer, few, **kw).logprob
+    names = ["FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH"]
+    for name in names:
+        backend = getattr(SDPBackend, name, None)
+        if backend is None:
+            continue
+        try:
+            with sdpa_kernel([backend]):
+                rep, stats = timed(lambda: score_items(ck.model, ck.tokenizer, few, **kw), args.device)
+            report["sdpa_kernels"][name] = {"accepted": True, "seconds": stats["seconds"],
+                                            "max_abs_diff_vs_default": float(abs(rep.logprob - base).max())}
+        except RuntimeError as e:  # "No available kernel": this kernel cannot take an arbitrary mask
+            report["sdpa_kernels"][name] = {"accepted": False, "reason": str(e).splitlines()[0][:200]}
+    return report
+
+
+def lmeval_vllm_run(model_dir: str, requests, args) -> dict | None:
+    """lm-eval's vLLM backend on the same requests (None when vLLM is not installed)."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return None
+    from lm_eval.models.vllm_causallms import VLLM
+
+    lm = VLLM(pretrained=model_dir, dtype=args.dtype, batch_size="auto", gpu_memory_utilization=0.5)
+    lm.loglikelihood(requests[: WARMUP_ITEMS * 4], disable_tqdm=True)
+    out, stats = timed(lambda: lm.loglikelihood(requests, disable_tqdm=True), args.device)
+    del lm
+    return stats | {"logprob": [lp for lp, _ in out], "greedy": [g for _, g in out]}
 
 
 def accuracy(items, logprob) -> float:
@@ -152,6 +219,8 @@ def write_markdown(path: Path, res: dict) -> None:
         (f"lm-eval HF backend (best: batch size {le['batch_size']})", le),
         (f"capscale score_items (mode {cs['mode']}, token budget {cs['token_budget'] or 'default'})", cs),
     ]
+    if res.get("lm_eval_vllm"):
+        rows.insert(1, ("lm-eval vLLM backend (batch size auto)", res["lm_eval_vllm"]))
     lines = [
         "# Scoring speed: capscale vs lm-eval HF backend",
         "",
@@ -183,12 +252,26 @@ def write_markdown(path: Path, res: dict) -> None:
         + "; ".join(f"capscale {c:.2f} s, lm-eval batch {r['batch_size']} {r['seconds']:.2f} s"
                     for c, r in zip(cs["all_seconds"], le["runs"])) + ".",
         "Each side's best wall time is used. Timing includes tokenization and excludes model loading; "
-        "each side had a warm-up call first.",
+        "each side had a warm-up call first."
+        + (f" lm-eval vLLM: {res['lm_eval_vllm_note']}." if res.get("lm_eval_vllm_note") else "")
+        + (f" Peak used for the share: {res['peak_tflops']:g} TFLOP/s." if res.get("peak_tflops") else ""),
         "",
+        *attention_lines(res.get("attention") or {}),
         *provenance_lines(res, ". The CPU is shared with other jobs: wall times are noisy, process CPU time shows how much was lost."),
         "",
     ]
     path.write_text("\n".join(lines))
+
+
+def attention_lines(attention: dict) -> list[str]:
+    if not attention:
+        return []
+    lines = [f"Attention implementation with the 4-D prefix-sharing mask: `{attention['attn_implementation']}`."]
+    for name, k in attention.get("sdpa_kernels", {}).items():
+        lines.append(f"- SDPA {name}: " + (f"accepts the mask, {k['seconds']:.3f} s on the probe items, max |Δ| "
+                                           f"{k['max_abs_diff_vs_default']:.1e} vs the default kernel"
+                                           if k["accepted"] else f"refuses it ({k['reason']})"))
+    return lines + [""]
 
 
 def main(argv=None) -> int:
@@ -207,6 +290,8 @@ def main(argv=None) -> int:
                           f"vocab={args.vocab} (BPE trained on the task texts)")
         requests = lmeval_requests(items, task.name)
         cs_runs, le_runs, ck = run_both(model_dir, items, requests, args)
+        attention = attention_report(ck, items, args)
+        vl = lmeval_vllm_run(model_dir, requests, args) if args.lm_eval_vllm else None
     cs = dict(min(cs_runs, key=lambda r: r["seconds"]))
     cs |= {"params_total": ck.params_total, "params_non_embedding": ck.params, "max_length": ck.max_length,
            "token_budget": args.token_budget, "all_seconds": [r["seconds"] for r in cs_runs]}
@@ -217,12 +302,16 @@ def main(argv=None) -> int:
         print(f"WARNING: token counts differ: lm-eval {le['tokens_requested']} vs capscale {cs['tokens_requested']}",
               file=sys.stderr)
     tokens = le["tokens_requested"]
-    for side in (le, cs):
+    peak = peak_tflops(args)
+    if vl is not None:
+        vl |= {"tokens_in": le["tokens_in"], "max_abs_diff_vs_capscale": max(
+            abs(a - b) for a, b in zip(vl["logprob"], cs["logprob"]))}
+    for side in (le, cs) + ((vl,) if vl is not None else ()):
         side["tokens_per_s"] = tokens / side["seconds"]
         if args.device == "cuda":
             # 2 * params * tokens fed: a matmul-only estimate (attention and the skipped lm-head work ignored)
             side["tflops"] = 2 * cs["params_total"] * side["tokens_in"] / side["seconds"] / 1e12
-            side["share_of_peak"] = side["tflops"] / args.peak_tflops if args.peak_tflops else None
+            side["share_of_peak"] = side["tflops"] / peak if peak else None
     # every lm-eval run is compared, so lm-eval's own batch-size noise is inside the bound
     diffs = [abs(a - b) for run in le_runs for a, b in zip(run["logprob"], cs["logprob"])]
     capscale_spread = max(abs(a - b) for run in cs_runs for a, b in zip(run["logprob"], cs["logprob"]))
@@ -243,6 +332,11 @@ def main(argv=None) -> int:
         "lm_eval": {k: v for k, v in le.items() if k not in drop} | {
             "runs": [{k: v for k, v in r.items() if k not in drop} for r in le_runs]},
         "capscale": {k: v for k, v in cs.items() if k not in drop},
+        "lm_eval_vllm": None if vl is None else {k: v for k, v in vl.items() if k not in drop},
+        "lm_eval_vllm_note": ("not requested" if not args.lm_eval_vllm else
+                              "vLLM not installed" if vl is None else ""),
+        "peak_tflops": peak,
+        "attention": attention,
         "speedup": cs["tokens_per_s"] / le["tokens_per_s"],
         "max_abs_diff": max(diffs),
         "capscale_run_to_run_max_diff": capscale_spread,

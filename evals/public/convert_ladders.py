@@ -443,6 +443,16 @@ def convert_opt_bloom(src: Path) -> pd.DataFrame:
     return ladder_order(df, ["num_fewshot", "stderr", "chance", "params_total"])
 
 
+def shots_in_task_names(df: pd.DataFrame) -> pd.DataFrame:
+    """A task reported at several shot counts (gsm8k 5- and 8-shot, drop, the math tasks) is several
+    tasks: each keeps its shots in its name ("gsm8k_8shot"), so one (model, task, metric) is one row."""
+    shots = df.groupby("task")["num_fewshot"].nunique()
+    several = df["task"].isin(shots[shots > 1].index)
+    out = df.copy()
+    out.loc[several, "task"] = out.loc[several, "task"] + "_" + out.loc[several, "num_fewshot"].astype(int).astype(str) + "shot"
+    return out
+
+
 def convert_lm_eval_2023(src: Path) -> tuple[pd.DataFrame, int]:
     """One row per (model, task, metric, shots); where two result files report the same one (boolq,
     copa, ... in both common_sense_reasoning and superglue), the alphabetically first file is kept
@@ -454,6 +464,7 @@ def convert_lm_eval_2023(src: Path) -> tuple[pd.DataFrame, int]:
     duplicated = df.duplicated(keys, keep="first")
     df = df.loc[~duplicated]
     check_unique(df, keys, "lm_eval_2023")
+    df = shots_in_task_names(df)
     return ladder_order(df, ["num_fewshot", "stderr", "chance", "params_total", "result_file"]), int(duplicated.sum())
 
 

@@ -1,0 +1,246 @@
+"""Scoring speed over a grid: model size x context length x number of choices, capscale's default vs lm-eval.
+
+Why: one workload (scoring_speed.py) says little about where prefix sharing pays. This grid runs
+both scorers on the same random-init Llama checkpoints (~3M, ~12M, ~50M parameters, vocabulary
+8192, BPE trained on evals/tasks/fiveshot_facts.jsonl) and tasks built from that file with
+contexts of 100, 500 and 1500 tokens and 2, 4 or 10 short choices (the item's own answers, then
+other items' answers as distractors). Per cell:
+
+* speed-up = lm-eval wall seconds / capscale wall seconds on the same items (tokenization and
+  scoring timed, model loading excluded, a warm-up call first on each side); capscale runs its
+  default (``mode="auto"``) with the self-check cache emptied first, so every cell pays one
+  self-check as a fresh process would;
+* max |Δ logprob| over every choice, and the same relative to |logprob|;
+* the FLOP ratio that bounds the cell: lm-eval's work / capscale's work, counting 2 FLOPs per
+  parameter per token for the layers, 2 per lm-head parameter per position whose logits are
+  computed (every position for lm-eval, only continuation-predicting ones for capscale), and
+  4 * d_model * layers per attended (query, key) pair (causal pairs only, on both sides). If both
+  ran at the same FLOP/s this is the speed-up; long contexts with few choices are bounded by about
+  n_choices (the context is run once instead of n times), long choices gain little.
+
+Item counts are chosen per cell so that lm-eval takes about ``--lm-eval-seconds`` (default 10) on
+2 cores, with at least 2 and at most 48 items: the whole grid runs in about 10-15 minutes.
+lm-eval uses ``--batch-size`` (default 8, its best on 2 CPU cores in scoring_speed.py).
+
+    python evals/bench/scoring_grid.py                                   # full grid -> results/bench/
+    python evals/bench/scoring_grid.py --models 3M --contexts 100 --choices 2,4 --lm-eval-seconds 1 --out /tmp/g
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shlex
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchkit import machine, provenance_lines, timed
+from scoring_speed import lmeval_requests
+
+from capscale.models import load_checkpoint
+from capscale.scoring import loglik
+from capscale.tasks.jsonl import load_jsonl_task
+from capscale.tasks.schema import MCItem
+from capscale.tinymodels import save_random_checkpoint, train_tokenizer
+
+ROOT = Path(__file__).resolve().parents[2]
+SOURCE = ROOT / "evals" / "tasks" / "fiveshot_facts.jsonl"
+
+
+@dataclass(frozen=True)
+class Size:
+    name: str
+    d_model: int
+    n_layers: int
+    lm_eval_tokens_per_s: float  # rough lm-eval speed on 2 CPU cores, to size the cells
+
+
+SIZES = {
+    "3M": Size("3M", 128, 4, 20_000),
+    "12M": Size("12M", 256, 8, 5_300),
+    "50M": Size("50M", 512, 10, 1_200),
+}
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="3M,12M,50M")
+    ap.add_argument("--contexts", default="100,500,1500", help="context lengths in tokens")
+    ap.add_argument("--choices", default="2,4,10")
+    ap.add_argument("--lm-eval-seconds", type=float, default=10.0, help="target lm-eval time per cell (sizes items)")
+    ap.add_argument("--min-items", type=int, default=2)
+    ap.add_argument("--max-items", type=int, default=48)
+    ap.add_argument("--batch-size", type=int, default=8, help="lm-eval batch size")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(ROOT / "results" / "bench"), help="directory for scoring_grid.{json,md}")
+    return ap.parse_args(argv)
+
+
+def grid_items(source: list[MCItem], tokenizer, n_items: int, context_tokens: int, n_choices: int,
+               seed: int) -> list[MCItem]:
+    """Items whose context is the last ``context_tokens`` tokens of (earlier records + this item's context),
+    so the question and 'Answer:' stay at the end; choices: the item's own, then other items' answers."""
+    rng = random.Random(seed)
+    answers = sorted({c for it in source for c in it.choices})
+    stream = tokenizer.encode("\n\n".join(it.context for it in source), add_special_tokens=False)
+    items = []
+    for k in range(n_items):
+        base = source[k % len(source)]
+        own = tokenizer.encode(base.context, add_special_tokens=False)
+        before = stream[: max(0, context_tokens - len(own))] if context_tokens > len(own) else []
+        context = tokenizer.decode((before + own)[-context_tokens:]).lstrip()
+        choices = list(dict.fromkeys(base.choices))[:n_choices]
+        while len(choices) < n_choices:
+            extra = rng.choice(answers)
+            if extra not in choices:
+                choices.append(extra)
+        gold = rng.randrange(n_choices)
+        correct = base.choices[base.gold]
+        if correct in choices:
+            choices.remove(correct)
+            choices.insert(gold, correct)
+        items.append(MCItem(f"{base.id}-{k}", context, tuple(choices), gold))
+    return items
+
+
+def flop_counts(requests, d_model: int, n_layers: int, layer_params: int, head_params: int) -> tuple[float, float]:
+    """(lm-eval FLOPs, capscale FLOPs) for capscale's encoded requests (see module docstring)."""
+    attention = 4 * d_model * n_layers
+    lm = cs = 0.0
+    groups: dict[tuple, list] = {}
+    for r in requests:
+        t = len(r.context) + len(r.continuation) - 1  # lm-eval feeds (ctx + cont)[:-1]
+        lm += 2 * layer_params * t + 2 * head_params * t + attention * t * (t + 1) / 2
+        groups.setdefault((r.item_index, r.context), []).append(r)
+    for (_, ctx), group in groups.items():
+        n = len(ctx)
+        bodies = [len(r.continuation) - 1 for r in group]
+        fed = n + sum(bodies)
+        pairs = n * (n + 1) / 2 + sum(b * n + b * (b + 1) / 2 for b in bodies)
+        kept = sum(len(r.continuation) for r in group)
+        cs += 2 * layer_params * fed + 2 * head_params * kept + attention * pairs
+    return lm, cs
+
+
+def build(size: Size, tokenizer, root: Path) -> Path:
+    return save_random_checkpoint(root / size.name, tokenizer, arch="llama", d_model=size.d_model,
+                                  n_layers=size.n_layers, n_heads=max(1, size.d_model // 64), max_length=2048)
+
+
+def n_items_for(size: Size, context: int, choices: int, args) -> int:
+    per_item = choices * (context + 8)
+    n = round(args.lm_eval_seconds * size.lm_eval_tokens_per_s / per_item)
+    return int(min(args.max_items, max(args.min_items, n)))
+
+
+def run_cell(ck, lm, size: Size, source, context: int, choices: int, args) -> dict:
+    from capscale.scoring.encoding import encode_items
+
+    n = n_items_for(size, context, choices, args)
+    items = grid_items(source, ck.tokenizer, n + 1, context, choices, args.seed)
+    warm, items = items[:1], items[1:]
+    requests = lmeval_requests(items, "grid")
+    kw = dict(max_length=ck.max_length, device="cpu", progress=False)
+    loglik.score_items(ck.model, ck.tokenizer, warm, **kw)
+    lm.loglikelihood(lmeval_requests(warm, "grid"), disable_tqdm=True)
+    loglik._SHARING_GAP.clear()  # a fresh process: this cell pays the self-check
+    report, cs = timed(lambda: loglik.score_items(ck.model, ck.tokenizer, items, **kw), "cpu")
+    out, le = timed(lambda: lm.loglikelihood(requests, disable_tqdm=True), "cpu")
+    theirs = np.array([lp for lp, _ in out])
+    diff = np.abs(theirs - report.logprob)
+    encoded = encode_items(ck.tokenizer, items, ck.max_length)
+    layer_params = ck.params
+    head_params = ck.model.get_output_embeddings().weight.numel()
+    lm_flops, cs_flops = flop_counts(encoded, size.d_model, size.n_layers, layer_params, head_params)
+    return {
+        "model": size.name, "context": context, "choices": choices, "items": len(items),
+        "mean_context_tokens": float(np.mean([len(r.context) for r in encoded])),
+        "mean_choice_tokens": float(np.mean([len(r.continuation) for r in encoded])),
+        "tokens_requested": report.tokens_requested, "mode": report.mode,
+        "capscale_s": cs["seconds"], "lm_eval_s": le["seconds"],
+        "capscale_cpu_s": cs["cpu_seconds"], "lm_eval_cpu_s": le["cpu_seconds"],
+        "speedup": le["seconds"] / cs["seconds"], "flop_ratio": lm_flops / cs_flops,
+        "max_abs_diff": float(diff.max()), "max_rel_diff": float((diff / np.abs(theirs)).max()),
+        "max_abs_logprob": float(np.abs(theirs).max()),
+        "loadavg": os.getloadavg()[0],
+    }
+
+
+def write_markdown(path: Path, res: dict) -> None:
+    cells = res["cells"]
+    lines = [
+        "# Scoring grid: capscale default (`--mode auto`) vs lm-eval HF backend",
+        "",
+        "Random-init Llama checkpoints (vocabulary 8192, float32, CPU), items built from "
+        "`evals/tasks/fiveshot_facts.jsonl` (context = its last N tokens, short answers as choices). "
+        "Speed-up = lm-eval wall time / capscale wall time on the same items (each capscale run includes one "
+        "self-check). FLOP ratio = lm-eval's work / capscale's work (the speed-up at equal FLOP/s).",
+        "",
+        "| model | context | choices | items | choice tokens | speed-up | FLOP ratio | max \\|Δ logprob\\| | "
+        "max \\|Δ\\|/\\|logprob\\| | load |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in cells:
+        lines.append(f"| {c['model']} | {c['context']} | {c['choices']} | {c['items']} | "
+                     f"{c['mean_choice_tokens']:.1f} | **{c['speedup']:.2f}×** | {c['flop_ratio']:.2f} | "
+                     f"{c['max_abs_diff']:.1e} | {c['max_rel_diff']:.1e} | {c['loadavg']:.1f} |")
+    speeds = [c["speedup"] for c in cells]
+    at_target = [c["speedup"] for c in cells if c["context"] == 500 and c["choices"] == 4]
+    lines += [
+        "",
+        f"Lowest cell {min(speeds):.2f}×, median {np.median(speeds):.2f}×; at 500-token contexts and 4 choices "
+        + ", ".join(f"{s:.2f}×" for s in at_target) + f". Max |Δ logprob| over every cell: "
+        f"{max(c['max_abs_diff'] for c in cells):.1e}.",
+        "",
+        *provenance_lines(res, ". The load column is the 1-min load average after each cell."),
+        "",
+    ]
+    path.write_text("\n".join(lines))
+
+
+def main(argv=None) -> int:
+    from lm_eval.models.huggingface import HFLM
+
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    source = load_jsonl_task(SOURCE).items
+    texts = [it.context for it in source] + [it.continuation(j) for it in source for j in range(len(it.choices))]
+    tokenizer = train_tokenizer(texts, vocab_size=8192)
+    loadavg_before = os.getloadavg()[0]
+    cells = []
+    with tempfile.TemporaryDirectory(prefix="capscale-grid-") as tmp:
+        for name in args.models.split(","):
+            size = SIZES[name]
+            path = str(build(size, tokenizer, Path(tmp)))
+            ck = load_checkpoint(path)
+            lm = HFLM(pretrained=path, dtype="float32", device="cpu", batch_size=args.batch_size)
+            for context in [int(c) for c in args.contexts.split(",")]:
+                for choices in [int(c) for c in args.choices.split(",")]:
+                    cell = run_cell(ck, lm, size, source, context, choices, args)
+                    cells.append(cell)
+                    print(f"{name:>4s} ctx {context:5d} choices {choices:3d} items {cell['items']:3d}: "
+                          f"{cell['speedup']:5.2f}x (FLOP ratio {cell['flop_ratio']:5.2f}), capscale "
+                          f"{cell['capscale_s']:6.2f}s lm-eval {cell['lm_eval_s']:6.2f}s, max |d| "
+                          f"{cell['max_abs_diff']:.1e}, load {cell['loadavg']:.1f}", flush=True)
+            del lm, ck
+    command = [os.path.relpath(__file__, ROOT)] + (sys.argv[1:] if argv is None else list(argv))
+    res = {"command": "python " + shlex.join(command), "args": vars(args), "machine": machine("cpu"),
+           "cells": cells, "loadavg_before": loadavg_before, "loadavg_after": os.getloadavg()[0]}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "scoring_grid.json").write_text(json.dumps(res, indent=2) + "\n")
+    write_markdown(out / "scoring_grid.md", res)
+    print(f"wrote {out / 'scoring_grid.json'} and {out / 'scoring_grid.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
