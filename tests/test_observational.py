@@ -135,7 +135,7 @@ def test_a_suite_of_many_subjects_weighs_one_benchmark():
 def test_recovers_the_shared_slope_and_the_family_efficiencies():
     efficiencies = np.array([-1.5, -0.6, 0.0, 0.5, 1.0, 1.6])
     table, truth = synthetic_families(3, efficiencies)
-    p = ObservationalPredictor(family="fam0", n_boot=0, calibrate=False, link="sigmoid").fit(table, "task0")
+    p = ObservationalPredictor(family="fam0", n_boot=0, calibrate=False, score_link="sigmoid").fit(table, "task0")
     estimated = p.efficiencies()
     true = truth["efficiency"]
     assert np.max(np.abs((estimated - estimated.mean()) - (true - true.mean()))) < 0.25  # e-folds of compute
@@ -156,7 +156,7 @@ def test_intervals_cover_at_the_stated_level_over_seeds():
             largest = f"{family}-m4"
             train = without(table, [largest])
             for task in ("task0", "task3", "task7"):
-                p = ObservationalPredictor(family=family, n_boot=100, calibrate=False, link="sigmoid", seed=seed)
+                p = ObservationalPredictor(family=family, n_boot=100, calibrate=False, score_link="sigmoid", seed=seed)
                 f = p.fit(train, task).predict(**target_of(table, largest))
                 y = actual(table, largest, task)
                 inside90.append(f.lower <= y <= f.upper)
@@ -171,9 +171,9 @@ def test_intervals_cover_at_the_stated_level_over_seeds():
 def test_a_family_without_models_of_its_own_gets_a_wider_interval():
     table, _ = synthetic_families(7)
     family, target = "fam2", "fam2-m4"
-    with_own = ObservationalPredictor(family=family, n_boot=200, calibrate=False, link="sigmoid")
+    with_own = ObservationalPredictor(family=family, n_boot=200, calibrate=False, score_link="sigmoid")
     with_own.fit(without(table, [target]), "task0")
-    new = ObservationalPredictor(family=family, n_boot=200, calibrate=False, link="sigmoid")
+    new = ObservationalPredictor(family=family, n_boot=200, calibrate=False, score_link="sigmoid")
     new.fit(table[table["family"] != family], "task0")
     a, b = with_own.predict(**target_of(table, target)), new.predict(**target_of(table, target))
     assert new.n_own_ == 0 and with_own.n_own_ == 4
@@ -183,7 +183,7 @@ def test_a_family_without_models_of_its_own_gets_a_wider_interval():
 
 def test_a_saved_fit_forecasts_the_same(tmp_path):
     table, _ = synthetic_families(5)
-    p = ObservationalPredictor(family="fam1", n_boot=50, calibrate=False, link="sigmoid")
+    p = ObservationalPredictor(family="fam1", n_boot=50, calibrate=False, score_link="sigmoid")
     p.fit(without(table, ["fam1-m4"]), "task2")
     loaded = load_predictor(save_predictor(p, tmp_path / "fit.json"))
     target = target_of(table, "fam1-m4")
@@ -260,7 +260,7 @@ def test_models_without_compute():
     partial = table.copy()
     unknown = partial["family"] == "fam3"
     partial.loc[unknown, ["tokens", "flops"]] = np.nan
-    p = ObservationalPredictor(family="fam3", n_boot=20, calibrate=False, link="sigmoid").fit(partial, "task0")
+    p = ObservationalPredictor(family="fam3", n_boot=20, calibrate=False, score_link="sigmoid").fit(partial, "task0")
     assert any("without compute" in w for w in p.fit_warnings_) and p.n_own_ == 0
     assert np.isfinite(p.predict(flops=3e20).value)
     with pytest.raises(CapscaleError, match="needs the target's flops"):
@@ -318,7 +318,7 @@ def test_a_task_with_several_rows_per_model_is_left_out_or_named():
     twice = table[table["task"] == "task0"].assign(value=lambda t: t["value"] * 0.9, num_fewshot=5)
     table = pd.concat([table.assign(num_fewshot=0), twice], ignore_index=True)
     assert "task0" not in benchmark_matrix(table, "acc").tasks
-    p = ObservationalPredictor(family="fam0", n_boot=0, calibrate=False, link="sigmoid").fit(table, "task1")
+    p = ObservationalPredictor(family="fam0", n_boot=0, calibrate=False, score_link="sigmoid").fit(table, "task1")
     assert any("task0" in w and "num_fewshot" in w for w in p.fit_warnings_)
     with pytest.raises(CapscaleError, match="several rows"):
-        ObservationalPredictor(family="fam0", n_boot=0, calibrate=False, link="sigmoid").fit(table, "task0")
+        ObservationalPredictor(family="fam0", n_boot=0, calibrate=False, score_link="sigmoid").fit(table, "task0")

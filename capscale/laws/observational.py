@@ -137,7 +137,7 @@ class ObservationalPredictor(TaskPredictor):
     ``axes``: "within" (the capability axes are the principal components of each model's deviation
     from its family's mean: how benchmarks move together as a family scales; multilevel PCA) or
     "total" (of all the variation, as Ruan et al. with many families). ``family_slopes``: each
-    family's slope partially pooled too (random slopes), not one shared slope. ``link``: "sigmoid",
+    family's slope partially pooled too (random slopes), not one shared slope. ``score_link``: "sigmoid",
     "linear" or "auto" (the one with the lower error on the table's internal backtest of the
     target's regime, as ``direct`` chooses its form).
 
@@ -150,7 +150,7 @@ class ObservationalPredictor(TaskPredictor):
     method_name = "observational"
 
     def __init__(self, family: str | None = None, n_components: int = DEFAULT_COMPONENTS, min_share: float = MIN_SHARE,
-                 min_families: int = MIN_FAMILIES, scale: bool = True, suites: bool = True, link: str = "auto",
+                 min_families: int = MIN_FAMILIES, scale: bool = True, suites: bool = True, score_link: str = "auto",
                  family_effects: bool = True, axes: str = "within", family_slopes: bool = False, level=0.9,
                  n_boot=1000, seed=0, calibrate=True, n_origins=3, growth=DEFAULT_GROWTH, n_boot_origin=100):
         super().__init__(level, n_boot, seed, calibrate, n_origins, growth, n_boot_origin)
@@ -160,7 +160,7 @@ class ObservationalPredictor(TaskPredictor):
         self.min_families = min_families
         self.scale = scale
         self.suites = suites
-        self.link = link
+        self.score_link = score_link
         self.family_effects = family_effects
         self.axes = axes
         self.family_slopes = family_slopes
@@ -171,8 +171,8 @@ class ObservationalPredictor(TaskPredictor):
             raise CapscaleError(f"observational forecasts a probability metric (acc, err, ...), not {metric!r}")
         if not 1 <= int(self.n_components) <= MAX_COMPONENTS:
             raise CapscaleError(f"n_components must be 1..{MAX_COMPONENTS}, got {self.n_components}")
-        if self.link not in LINKS:
-            raise CapscaleError(f"link must be one of {', '.join(LINKS)}, got {self.link!r}")
+        if self.score_link not in LINKS:
+            raise CapscaleError(f"score_link must be one of {', '.join(LINKS)}, got {self.score_link!r}")
         if self.axes not in AXES:
             raise CapscaleError(f"axes must be one of {', '.join(AXES)}, got {self.axes!r}")
 
@@ -218,10 +218,10 @@ class ObservationalPredictor(TaskPredictor):
         rows = points["row"].to_numpy(int)
         y = to_goodness(metric, points["value"].to_numpy(float))
         self.chance_ = chance_level(points) if metric_kind(metric).has_chance else None
-        if self.link == "auto":
+        if self.score_link == "auto":
             self.link_name_ = self._choose_link(ladder() if callable(ladder) else ladder, task, metric)
         else:
-            self.link_name_ = self.link
+            self.link_name_ = self.score_link
         form, fixed = self._link_spec(points, cap.k)
         scores = cap.scores()
         self.data_ = points.assign(**{f"c{j + 1}": scores[rows, j] for j in range(cap.k)})
@@ -360,7 +360,7 @@ class ObservationalPredictor(TaskPredictor):
         The probes use this predictor's link (the sigmoid where it is "auto": no nested choice).
         ``fingerprint``: the table's (``table_fingerprint``), when the caller has it."""
         n_boot = self.n_boot_origin if n_boot is None else n_boot
-        link = "sigmoid" if self.link == "auto" else self.link
+        link = "sigmoid" if self.score_link == "auto" else self.score_link
         fingerprint = fingerprint or table_fingerprint(ladder, metric)
         key = (fingerprint, task, metric, family, new_family, n_boot, min_train_sizes,
                self.n_origins, self.n_components, self.scale, self.suites, self.min_share, self.min_families, link,
@@ -387,7 +387,7 @@ class ObservationalPredictor(TaskPredictor):
                 return ladder[[f != family or (f, m) in kept for f, m in keys]].reset_index(drop=True)
 
             fold_rows = task_rows[[f != family or (f, m) in kept for f, m in task_keys]]
-            probe = self.clone(family=family, n_boot=n_boot, calibrate=False, link=link)
+            probe = self.clone(family=family, n_boot=n_boot, calibrate=False, score_link=link)
             fold = f"{fingerprint}|{family}|{sorted(map(str, train_runs))}"  # the fold's table, named by what it keeps
             try:
                 with warnings.catch_warnings():
@@ -425,7 +425,7 @@ class ObservationalPredictor(TaskPredictor):
     def _choose_link(self, ladder, task, metric) -> str:
         """The link with the lower mean |error| of point forecasts on the regime's held-out points
         (the sigmoid on ties and where neither could be scored)."""
-        scored = {name: self.regime_points(ladder, task, metric, 0, link=name) for name in ("sigmoid", "linear")}
+        scored = {name: self.regime_points(ladder, task, metric, 0, score_link=name) for name in ("sigmoid", "linear")}
         best, self.link_errors_ = choose(scored)
         return best or "sigmoid"
 
@@ -434,7 +434,7 @@ class ObservationalPredictor(TaskPredictor):
         self.calibration_ = None
         if not self.calibrate:
             return
-        points = self.regime_points(ladder, task, metric, self.n_boot_origin, link=self.link_name_)
+        points = self.regime_points(ladder, task, metric, self.n_boot_origin, score_link=self.link_name_)
         self.calibration_ = calibrate(points, self.growth)
         self.origin_points_ = points
 
@@ -443,12 +443,12 @@ class ObservationalPredictor(TaskPredictor):
         ``capscale.laws.rolling`` splits a family's ladder): what ``--method auto`` compares with the
         per-family candidates. The link is chosen on the whole table first."""
         self._check(metric)
-        link = self.link
+        link = self.score_link
         if link == "auto":
             self.link_name_ = link = self._choose_link(ladder, task, metric)
         if self.family is None or self.family not in set(ladder["family"]):
             return []
-        return self.clone(link=link).family_points(ladder, task, metric, self.family, n_boot=0,
+        return self.clone(score_link=link).family_points(ladder, task, metric, self.family, n_boot=0,
                                                    fingerprint=getattr(self, "fingerprint_", None))
 
     # --- persistence (capscale.laws.persist: own_state) -----------------------------------------
