@@ -156,7 +156,8 @@ PLOT_TASKS = ("arc_easy", "hellaswag", "lambada_openai", "winogrande", "hendryck
 
 
 def plot_examples(outcome, folder: Path) -> None:
-    from capscale.plots import plot_forecast
+    """Each benchmark against capability 1 (families coloured, the held-out targets marked), for a few tasks."""
+    from capscale.plots import plot_observational
     from capscale.store import safe_name
 
     for (task, family), predictor in outcome.predictors.items():
@@ -164,7 +165,7 @@ def plot_examples(outcome, folder: Path) -> None:
             continue
         records = [r for r in outcome.records if r.task == task and r.family == family and np.isfinite(r.predicted)]
         if records:
-            plot_forecast(predictor, records, folder / f"{safe_name(task)}--{safe_name(family)}.png")
+            plot_observational(predictor, records, folder / f"{safe_name(task)}--{safe_name(family)}.png")
 
 
 # --- summary ----------------------------------------------------------------------------------------
