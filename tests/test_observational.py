@@ -223,12 +223,19 @@ def test_held_out_scores_never_reach_the_fit():
     assert one_task["upper"].iloc[0] == pytest.approx(whole["upper"].iloc[0])
 
 
-def test_auto_may_choose_observational_when_the_table_has_several_families():
+def test_auto_weighs_observational_and_forecasts_a_family_too_small_for_its_own_law():
+    """With several families, auto compares observational with the per-family candidates over the ladder's
+    tasks (its gate), and a family with no model of its own left is forecast across families, not skipped."""
     table, _ = synthetic_families(17, n_models=4, n_families=4)
-    outcome = run_backtest(table, "model == 'fam2-m3'", method="auto", tasks=["task4"], n_boot=30)
-    predictor = outcome.predictors[("task4", "fam2")]
-    assert "observational" in predictor.internal_errors_
-    assert outcome.records[0].method_used.startswith("auto -> ")
+    table = without(table, ["fam3-m0", "fam3-m1", "fam3-m2"])  # fam3: one model, the held-out one
+    outcome = run_backtest(table, "model in ['fam2-m3', 'fam3-m3']", method="auto", tasks=["task0", "task4"],
+                           n_boot=30)
+    for task in ("task0", "task4"):
+        scores = outcome.predictors[(task, "fam2")].selection_scores_
+        assert "observational" in scores and "carry-forward" in scores
+    small = [r for r in outcome.records if r.family == "fam3"]
+    assert len(small) == 2
+    assert all(r.method_used == "auto -> observational" and np.isfinite(r.predicted) for r in small)
 
 
 def test_registry_entry():

@@ -184,12 +184,14 @@ class AutoPredictor(TaskPredictor):
             from capscale.laws.choicemass import ChoiceMassPredictor
 
             out["choice-mass"] = ChoiceMassPredictor(**common)
-        finals = task_finals(ladder, task, metric)
-        chance = finals["chance"].dropna().median() if "chance" in finals and finals["chance"].notna().any() else None
-        direct = DirectPredictor(**common)
-        for form in direct.candidates(len(finals), chance):
-            out[f"direct ({'2p' if form == 'sigmoid_2p' else form})"] = DirectPredictor(form=form, **common)
-        out["carry-forward"] = CarryForwardPredictor(**common)
+        if not pooled or has_series(ladder, task, metric):  # (a family with no run of its own: observational only)
+            finals = task_finals(ladder, task, metric)
+            chance = finals["chance"].dropna().median() if "chance" in finals and finals["chance"].notna().any() \
+                else None
+            direct = DirectPredictor(**common)
+            for form in direct.candidates(len(finals), chance):
+                out[f"direct ({'2p' if form == 'sigmoid_2p' else form})"] = DirectPredictor(form=form, **common)
+            out["carry-forward"] = CarryForwardPredictor(**common)
         if pooled and metric_kind(metric).probability:
             from capscale.laws.observational import ObservationalPredictor
 
@@ -290,7 +292,7 @@ class AutoPredictor(TaskPredictor):
         chosen = self.chosen_
         for attribute in ("data_", "extent_", "chance_", "calibration_", "n_boot_failed_"):
             setattr(self, attribute, getattr(chosen, attribute, None))
-        self.n_runs_ = getattr(chosen, "n_runs_", len(task_finals(ladder, task, metric)))
+        self.n_runs_ = chosen.n_runs_ if hasattr(chosen, "n_runs_") else len(task_finals(ladder, task, metric))
         return self
 
     def predictive_draws(self, params=None, tokens=None, flops=None):
