@@ -230,7 +230,8 @@ def plot_observational(predictor, records, path: Path) -> Path:
              + (" (other capabilities at the target's)" if target_caps.shape[1] > 1 else ""))
     for i, r in enumerate(records):
         c1 = target_caps[i, 0]
-        ax2.errorbar([c1], [r.predicted], yerr=yerr(r.predicted, r.lower, r.upper), fmt="s", color="C3", capsize=3,
+        ax2.errorbar([c1], [r.predicted], yerr=yerr(r.predicted, r.lower, r.upper), fmt="s", mfc="white",
+                     color=target_colour, ms=8, capsize=3,
                      zorder=4, label=f"forecast, with the family's effect ({predictor.level:.0%} interval)"
                      if i == 0 else None)
         ax2.scatter([c1], [r.actual], marker="*", s=140, color="k", zorder=5,
