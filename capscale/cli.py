@@ -365,18 +365,24 @@ def cmd_backtest(args) -> int:
 def cmd_fit(args) -> int:
     from capscale.ladder import load_ladder
     from capscale.laws.persist import save_predictor
-    from capscale.laws.registry import make_predictor
+    from capscale.laws.registry import get_method, make_predictor
     from capscale.progress import refit_counter
 
     default_metric(args)
     options = method_options(args)
     ladder = load_ladder(args.ladder, drop_nonfinite=args.drop_nonfinite)
-    if args.family:
+    pooled = get_method(args.method).pools_families and ladder["family"].nunique() > 1
+    if pooled and not args.family:
+        raise CapscaleError(f"the ladder has families {sorted(ladder['family'].unique())}: name the target's with "
+                            f"--family ({args.method} fits on all of them; a family not in the table is a new one)")
+    if args.family and not pooled:
         ladder = ladder[ladder["family"] == args.family]
-    families = sorted(ladder["family"].unique())
+    families = [args.family] if pooled else sorted(ladder["family"].unique())
     if len(families) != 1:
         raise CapscaleError(f"the ladder has families {families}: pick one with --family (curves never mix families)")
     predictor = make_predictor(args.method, options)
+    if pooled:
+        predictor = predictor.clone(family=args.family)
     with refit_counter(enabled=not args.no_progress):
         predictor.fit(ladder, args.task, args.metric, args.loss, loss_task=args.loss_task,
                       items=per_item_data(args.ladder, args.items, args.method))
@@ -606,7 +612,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit", help="fit a predictor on a ladder for one task and save it (JSON)")
     p.add_argument("ladder", help="ladder table (CSV/Parquet) or results store folder")
     p.add_argument("--task", required=True)
-    p.add_argument("--family", help="the ladder family to fit (required when the table has several)")
+    p.add_argument("--family", help="the ladder family to fit (required when the table has several); for "
+                   "observational the target's family, fitted with all the others")
     p.add_argument("--out", required=True, help="fit file to write (JSON)")
     add_fit_options(p)
     p.set_defaults(func=cmd_fit)

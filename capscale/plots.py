@@ -171,6 +171,83 @@ def plot_pass_until(predictor, records, path: Path) -> Path:
     return save_figure(fig, path)
 
 
+def plot_observational(predictor, records, path: Path) -> Path:
+    """Cross-family forecast (capscale.laws.observational): left, capability 1 against compute with
+    each family's line (shared slope, its own offset); right, the benchmark against capability 1 with
+    the link, every family coloured. The held-out targets sit at their *forecast* capability (their
+    own scores were held out), with the forecast interval and the actual score (star)."""
+    from capscale.schema import from_goodness
+
+    plt = _pyplot()
+    cap = predictor.capabilities_
+    scores = cap.scores()
+    models = cap.matrix.models
+    families = sorted(set(cap.families))
+    colours = {f: f"C{i % 10}" for i, f in enumerate(families)}
+    if predictor.family_ is not None and predictor.family_ not in colours:
+        colours[predictor.family_] = f"C{len(colours) % 10}"
+    lines = cap.full.lines
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12.5, 4.8))
+    known = np.isfinite(cap.x)
+    target_flops = np.array([r.flops for r in records], dtype=float)
+    for family in families:
+        rows = np.flatnonzero((cap.families == family) & known)
+        ax1.scatter(models["flops"].to_numpy(float)[rows], scores[rows, 0], color=colours[family], s=28, zorder=3,
+                    label=family)
+        if len(rows):
+            slope, offset, _ = lines.family_line(scores[rows], cap.x[rows])
+            span = models["flops"].to_numpy(float)[rows]
+            if family == predictor.family_:
+                span = np.concatenate([span, target_flops])
+            grid = np.geomspace(span.min(), span.max(), 50)
+            ax1.plot(grid, slope[0] * (np.log(grid) - cap.c0) + offset[0], color=colours[family], lw=1)
+    target_colour = colours.get(predictor.family_, "k")
+    for i, r in enumerate(records):
+        centre = predictor.capability_at(r.flops)[0]
+        spread = float(np.sqrt(predictor.target_line_["offset_var"][0] + lines.sigma2[0]))
+        label = "held-out target (forecast capability, ±1.64 sd)" if i == 0 else None
+        ax1.errorbar([r.flops], [centre], yerr=[[1.64 * spread], [1.64 * spread]], fmt="D", mfc="white",
+                     color=target_colour, ms=8, capsize=3, zorder=4, label=label)
+    ax1.set_xscale("log")
+    ax1.set_xlabel("training compute (FLOPs)")
+    ax1.set_ylabel("capability 1 (PC1 of the shared benchmarks)")
+    ax1.set_title("capability 1 against compute: each family's line (partially pooled)", fontsize=10)
+    ax1.legend(fontsize=8, loc="best")
+
+    data = predictor.data_
+    metric = predictor.metric_
+    for family in families:
+        rows = data[data["family"] == family]
+        if len(rows):
+            ax2.scatter(rows["c1"], rows["value"], color=colours[family], s=28, zorder=3, label=family)
+    target_caps = np.array([predictor.capability_at(r.flops) for r in records])
+    lo = min(data["c1"].min(), target_caps[:, 0].min())
+    hi = max(data["c1"].max(), target_caps[:, 0].max())
+    grid = np.linspace(lo - 0.1 * (hi - lo), hi + 0.1 * (hi - lo), 120)
+    rest = np.broadcast_to(target_caps[0, 1:], (len(grid), target_caps.shape[1] - 1))
+    curve = from_goodness(metric, predictor.link_curve(np.column_stack([grid, rest])))
+    ax2.plot(grid, curve, color="0.3", lw=1.2, label=f"{predictor.link_name_} link"
+             + (" (other capabilities at the target's)" if target_caps.shape[1] > 1 else ""))
+    for i, r in enumerate(records):
+        c1 = target_caps[i, 0]
+        ax2.errorbar([c1], [r.predicted], yerr=yerr(r.predicted, r.lower, r.upper), fmt="s", mfc="white",
+                     color=target_colour, ms=8, capsize=3,
+                     zorder=4, label=f"forecast, with the family's effect ({predictor.level:.0%} interval)"
+                     if i == 0 else None)
+        ax2.scatter([c1], [r.actual], marker="*", s=140, color="k", zorder=5,
+                    label="held-out actual" if i == 0 else None)
+    if predictor.chance_ is not None:
+        ax2.axhline(predictor.chance_, color="gray", ls=":", lw=1, label="chance")
+    ax2.set_xlabel("capability 1")
+    ax2.set_ylabel(f"{predictor.task_} ({metric})")
+    ax2.set_title(f"{predictor.task_}: benchmark against capability 1", fontsize=10)
+    ax2.legend(fontsize=8, loc="best")
+    names = ", ".join(r.model for r in records)
+    fig.suptitle(f"observational forecast of {names} ({predictor.family_ or 'new family'}, "
+                 f"{predictor.n_own_} own model(s) in the fit)", fontsize=11)
+    return save_figure(fig, path)
+
+
 def plot_forecast(predictor, records, path: Path) -> Path:
     """The backtest figure of a fitted predictor, by the method it is (auto: the candidate it chose)."""
     from capscale.laws.registry import METHODS

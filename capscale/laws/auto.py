@@ -14,6 +14,13 @@ sigmoid won the ladder's own backtests by 1.5% and then lost to two-step by 15% 
 The winner is refitted on the whole ladder with its bootstrap and calibrated intervals. A ladder
 too short for any origin (two sizes) takes the first candidate of SHORT_LADDER_ORDER that fits,
 chosen in advance from the public backtests.
+
+Given the target's ``family`` and a table of several families, the per-family candidates see that
+family's runs only and ``observational`` (capscale.laws.observational) joins them: fitted on every
+family, scored on the same rolling origins of the target family (its k largest held out, the other
+families whole). It is scored only where a per-family candidate is scored too, so a family too
+short for an origin of its own takes SHORT_LADDER_ORDER (observational is the fallback where no
+per-family method fits, e.g. a family with one model).
 """
 
 from __future__ import annotations
@@ -31,18 +38,21 @@ from capscale.laws.direct import CarryForwardPredictor, DirectPredictor
 from capscale.laws.predictors import TaskPredictor
 from capscale.laws.twostep import TwoStepPredictor
 from capscale.laws.rolling import OriginPoint, internal_backtest, mean_error, task_finals
+from capscale.schema import metric_kind
 
 CANDIDATE_ORDER = ("two-step", "two-step (exponential)", "choice-mass", "pass-until-items", "pass-until",
-                   "carry-forward", "direct (linear)", "direct (sigmoid)", "direct (2p)")
+                   "carry-forward", "direct (linear)", "direct (sigmoid)", "direct (2p)", "observational")
 """The prior order: a later candidate replaces an earlier one only where the ladder's own backtests say it
 is better beyond noise (``gated_choice``). The order follows the public backtests (results/backtests/
 SUMMARY.md): the two-step law where the task has a loss, the per-item and PassUntil laws where their
 data exist; then, without a loss, carry-forward first — on the public ladders a direct law fitted in
 log compute beat carrying the largest run forward less often than the ladder's own backtests
 suggested (mean MAE over the public backtests: this order 0.059; the best of them per ladder
-without the gate 0.065; the line alone 0.060, carry-forward alone 0.061, the sigmoid alone 0.074)."""
+without the gate 0.065; the line alone 0.060, carry-forward alone 0.061, the sigmoid alone 0.074).
+Observational (several families only) comes last: it replaces the per-family choice only where the
+family's own origins show it better beyond noise (results/backtests/observational/README.md)."""
 SHORT_LADDER_ORDER = ("two-step", "pass-until", "carry-forward", "direct (linear)", "direct (sigmoid)",
-                      "two-step (exponential)", "choice-mass", "pass-until-items", "direct (2p)")
+                      "two-step (exponential)", "choice-mass", "pass-until-items", "direct (2p)", "observational")
 """Two sizes leave no origin to backtest on: the first of these that fits (carry-forward beat the line on
 the one public ladder of two sizes left, LLaMA in lm-eval 2023)."""
 Z_ONE_SIDED = 1.645  # a later candidate must beat an earlier one at one-sided 5% over the ladder's tasks
@@ -136,18 +146,27 @@ class AutoPredictor(TaskPredictor):
     Fitted attributes: ``chosen_`` (the fitted winner), ``method_used_``, ``internal_errors_`` (this
     task's candidate -> mean |error| on the ladder's held-out runs), ``selection_scores_`` (what the
     choice compared: relative errors pooled over the ladder's tasks, or this task's errors), plus the
-    winner's ``data_``, ``extent_``. ``ceiling``, ``anchor_weight``: passed to the two-step candidates."""
+    winner's ``data_``, ``extent_``. ``ceiling``, ``anchor_weight``: passed to the two-step candidates.
+    ``family``: the target's family; with several families in the table, observational is a candidate."""
 
     method_name = "auto"
 
     def __init__(self, select: str = "ladder", ceiling: str = "auto", anchor_weight: float = 1.0, level=0.9,
-                 n_boot=1000, seed=0, calibrate=True, n_origins=3, growth=DEFAULT_GROWTH, n_boot_origin=100):
+                 n_boot=1000, seed=0, calibrate=True, n_origins=3, growth=DEFAULT_GROWTH, n_boot_origin=100,
+                 family: str | None = None):
         super().__init__(level, n_boot, seed, calibrate, n_origins, growth, n_boot_origin)
         self.select = select
         self.ceiling = ceiling
         self.anchor_weight = anchor_weight
+        self.family = family
 
-    def candidates(self, ladder, task, metric, loss, loss_task, items) -> dict[str, TaskPredictor]:
+    def pooled_split(self, ladder: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
+        """(the target family's runs, whether observational pools the other families too)."""
+        if self.family is None or ladder["family"].nunique() < 2:
+            return ladder, False
+        return ladder[ladder["family"] == self.family].reset_index(drop=True), True
+
+    def candidates(self, ladder, task, metric, loss, loss_task, items, pooled=False) -> dict[str, TaskPredictor]:
         common = dict(level=self.level, n_boot=self.n_boot, seed=self.seed, calibrate=self.calibrate,
                       n_origins=self.n_origins, growth=self.growth, n_boot_origin=self.n_boot_origin)
         kind = items_kind(items)
@@ -167,12 +186,18 @@ class AutoPredictor(TaskPredictor):
             from capscale.laws.choicemass import ChoiceMassPredictor
 
             out["choice-mass"] = ChoiceMassPredictor(**common)
-        finals = task_finals(ladder, task, metric)
-        chance = finals["chance"].dropna().median() if "chance" in finals and finals["chance"].notna().any() else None
-        direct = DirectPredictor(**common)
-        for form in direct.candidates(len(finals), chance):
-            out[f"direct ({'2p' if form == 'sigmoid_2p' else form})"] = DirectPredictor(form=form, **common)
-        out["carry-forward"] = CarryForwardPredictor(**common)
+        if not pooled or has_series(ladder, task, metric):  # (a family with no run of its own: observational only)
+            finals = task_finals(ladder, task, metric)
+            chance = finals["chance"].dropna().median() if "chance" in finals and finals["chance"].notna().any() \
+                else None
+            direct = DirectPredictor(**common)
+            for form in direct.candidates(len(finals), chance):
+                out[f"direct ({'2p' if form == 'sigmoid_2p' else form})"] = DirectPredictor(form=form, **common)
+            out["carry-forward"] = CarryForwardPredictor(**common)
+        if pooled and metric_kind(metric).probability:
+            from capscale.laws.observational import ObservationalPredictor
+
+            out["observational"] = ObservationalPredictor(family=self.family, **common)
         return {name: out[name] for name in CANDIDATE_ORDER if name in out}
 
     @staticmethod
@@ -191,14 +216,24 @@ class AutoPredictor(TaskPredictor):
         return items
 
     def task_errors(self, ladder, task, metric, loss, loss_task, items) -> dict[str, float]:
-        """Each candidate's mean internal error on this task (compared on common origins)."""
+        """Each candidate's mean internal error on this task (compared on common origins); observational
+        (on the whole table) only beside a scored per-family candidate, and with its sigmoid link (its
+        own choice of link would refit every family's origins per task: 10x the time)."""
         kind = items_kind(items)
+        whole = ladder
+        ladder, pooled = self.pooled_split(whole)
         points = {}
-        for name, candidate in self.candidates(ladder, task, metric, loss, loss_task, items).items():
+        for name, candidate in self.candidates(ladder, task, metric, loss, loss_task, items, pooled).items():
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                points[name] = internal_backtest(candidate.clone(n_boot=0), ladder, task, metric, loss, loss_task,
-                                                 self.items_for(name, items, kind, task, loss_task), self.n_origins)
+                if name != "observational":
+                    points[name] = internal_backtest(candidate.clone(n_boot=0), ladder, task, metric, loss, loss_task,
+                                                     self.items_for(name, items, kind, task, loss_task), self.n_origins)
+                elif any(points.values()):
+                    try:
+                        points[name] = candidate.clone(score_link="sigmoid").own_points(whole, task, metric)
+                    except CapscaleError:
+                        points[name] = []
         return common_error(points)
 
     def errors_or_none(self, ladder, task, metric, loss, loss_task, items) -> dict[str, float]:
@@ -227,20 +262,23 @@ class AutoPredictor(TaskPredictor):
             raise CapscaleError(f"select must be one of {', '.join(SELECTIONS)}, got {self.select!r}")
         self.task_, self.metric_, self.loss_metric_ = task, metric, loss
         kind = items_kind(items)
-        candidates = self.candidates(ladder, task, metric, loss, loss_task, items)
+        whole = ladder
+        ladder, pooled = self.pooled_split(whole)
+        candidates = self.candidates(ladder, task, metric, loss, loss_task, items, pooled)
         if self.select == "ladder":
-            errors = self.ladder_errors(ladder, metric, loss, loss_task, items)
+            errors = self.ladder_errors(whole, metric, loss, loss_task, items)
             winner, self.selection_scores_ = gated_choice(errors, task, list(candidates))
             self.internal_errors_ = dict(errors.get(task, {}))
         else:
-            self.internal_errors_ = self.task_errors(ladder, task, metric, loss, loss_task, items)
+            self.internal_errors_ = self.task_errors(whole, task, metric, loss, loss_task, items)
             winner, self.selection_scores_ = gated_choice({task: self.internal_errors_}, task, list(candidates))
         fallback = [n for n in SHORT_LADDER_ORDER if n in candidates]
         order = fallback if winner is None else [winner] + [n for n in fallback if n != winner]
         failures = []
         for name in order:
             try:
-                self.chosen_ = candidates[name].fit(ladder, task, metric, loss, loss_task=loss_task,
+                self.chosen_ = candidates[name].fit(whole if name == "observational" else ladder, task, metric, loss,
+                                                    loss_task=loss_task,
                                                     items=self.items_for(name, items, kind, task, loss_task))
             except CapscaleError as e:
                 failures.append(f"{name}: {e}")
@@ -256,7 +294,7 @@ class AutoPredictor(TaskPredictor):
         chosen = self.chosen_
         for attribute in ("data_", "extent_", "chance_", "calibration_", "n_boot_failed_"):
             setattr(self, attribute, getattr(chosen, attribute, None))
-        self.n_runs_ = getattr(chosen, "n_runs_", len(task_finals(ladder, task, metric)))
+        self.n_runs_ = chosen.n_runs_ if hasattr(chosen, "n_runs_") else len(task_finals(ladder, task, metric))
         return self
 
     def predictive_draws(self, params=None, tokens=None, flops=None):

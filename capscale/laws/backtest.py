@@ -2,7 +2,9 @@
 
 For every task and every held-out run (family + model, at its last step) a predictor is fitted
 on the remaining runs *of the same family* (families are different training setups and are
-never pooled into one curve) and forecasts the run from its params, tokens and flops. A run that
+never pooled into one curve) and forecasts the run from its params, tokens and flops. A method
+that pools families (``pools_families`` in capscale.laws.registry: observational) is fitted on
+every family's runs instead, minus every row of every held-out run, and told the target's family. A run that
 cannot be forecast still gets a record, with no prediction and the reason, so nothing is skipped
 silently. Tasks are independent, so they run in parallel worker processes.
 """
@@ -89,13 +91,19 @@ def record_for(task: str, family: str, row, forecast: Forecast | None, reason: s
 
 
 def backtest_task(train: pd.DataFrame, held: pd.DataFrame, task: str, metric: str, loss: str, loss_task: str | None,
-                  make, items: pd.DataFrame | None = None, progress=None) -> tuple[list, list, list, dict]:
-    """Forecast every held-out run of one task; returns (records, forecasts, skipped, predictors)."""
+                  make, items: pd.DataFrame | None = None, progress=None,
+                  pools_families: bool = False) -> tuple[list, list, list, dict]:
+    """Forecast every held-out run of one task; returns (records, forecasts, skipped, predictors).
+    ``pools_families``: the method fits on every family's runs and is told the target's family
+    (capscale.laws.registry: observational)."""
     records, forecasts, skipped, predictors = [], [], [], {}
     held_task = final_checkpoints(held[(held["task"] == task) & (held["metric"] == metric)])
     held_loss = held[(held["task"] == (loss_task or task)) & (held["metric"] == loss)] if loss else held.iloc[:0]
+    if pools_families:  # a pooled fit reads every task: no row of a held-out run may stay in it
+        held_runs = set(zip(held["family"], held["model"]))
+        train = train[[run not in held_runs for run in zip(train["family"], train["model"])]]
     for family, targets in held_task.groupby("family", sort=True):
-        family_train = train[train["family"] == family]
+        family_train = train if pools_families else train[train["family"] == family]
         predictor, reason = None, ""
         if family_train.empty:
             reason = f"family {family!r} has no run left to fit on"
@@ -103,7 +111,8 @@ def backtest_task(train: pd.DataFrame, held: pd.DataFrame, task: str, metric: st
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    predictor = make().fit(family_train, task, metric, loss, loss_task=loss_task, items=items)
+                    model = make().clone(family=family) if pools_families else make()
+                    predictor = model.fit(family_train, task, metric, loss, loss_task=loss_task, items=items)
             except CapscaleError as e:
                 reason = str(e)
         if predictor is None:
@@ -170,11 +179,12 @@ def run_backtest(
         return make_predictor(method, options)
 
     every_task = get_method(method).reads_all_tasks
+    pools_families = get_method(method).pools_families
 
     def one(task, tick=None):
         task_items = None if items is None or every_task else items[items["task"].isin([task, loss_task or task])]
         return backtest_task(train, held, task, metric, loss, loss_task, make, items if every_task else task_items,
-                             tick)
+                             tick, pools_families=pools_families)
 
     from capscale.progress import task_bar
 

@@ -30,12 +30,13 @@ DATA_COLUMNS = ("family", "model", "params", "tokens", "flops", "step", "value")
 def predictor_classes() -> dict:
     from capscale.laws.auto import AutoPredictor
     from capscale.laws.choicemass import ChoiceMassPredictor
+    from capscale.laws.observational import ObservationalPredictor
     from capscale.laws.passuntil import PassUntilPredictor
     from capscale.laws.direct import CarryForwardPredictor, DirectPredictor
     from capscale.laws.twostep import TwoStepPredictor
 
     classes = {c.__name__: c for c in (AutoPredictor, ChoiceMassPredictor, PassUntilPredictor, CarryForwardPredictor,
-                                       DirectPredictor, TwoStepPredictor)}
+                                       DirectPredictor, TwoStepPredictor, ObservationalPredictor)}
     assert {m.predictor_class for m in METHODS.values()} <= set(classes), "registry names a class persist cannot load"
     return classes
 

@@ -44,6 +44,7 @@ class Method:
     plot: str  # function of capscale.plots that draws its backtest
     summary: str
     predictor_class: str = ""  # class name, for saved fits
+    pools_families: bool = False  # fitted on every family of the table (told the target's family), not on one
     reads_all_tasks: bool = False  # its fit looks at every task's data (and per-item rows), not only its own
 
 
@@ -88,10 +89,18 @@ def _choice_mass(o: MethodOptions):
     return ChoiceMassPredictor(x=o.x or "auto", step1=o.step1, **o.common())
 
 
+def _observational(o: MethodOptions):
+    from capscale.laws.observational import ObservationalPredictor
+
+    return ObservationalPredictor(n_components=o.extra.get("n_components", 1), score_link=o.extra.get("score_link", "auto"),
+                                  **o.common())
+
+
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("auto", _auto, "acc", "choices", False, "plot_forecast",
-           "the candidate that forecasts the ladder's own largest runs best (rolling origin, over all its tasks)",
-           "AutoPredictor", reads_all_tasks=True),
+           "the candidate that forecasts the ladder's own largest runs best (rolling origin, over all its tasks); "
+           "with several families, observational is one",
+           "AutoPredictor", reads_all_tasks=True, pools_families=True),
     Method("two-step", _two_step, "acc", "items", False, "plot_two_step",
            "compute -> task loss -> metric (OLMo ladder), step-1 form by rolling origin, anchored ceiling",
            "TwoStepPredictor"),
@@ -106,6 +115,10 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("choice-mass", _choice_mass, "acc", "choices", True, "plot_choice_mass_forecast",
            "per-item margins over each incorrect choice, pooled across items (needs per-choice rows)",
            "ChoiceMassPredictor"),
+    Method("observational", _observational, "acc", None, False, "plot_observational",
+           "cross-family: shared capability dimensions (PCA over benchmarks), lines in log compute with "
+           "partially pooled family offsets, sigmoid/linear link per benchmark (Ruan et al. 2024)",
+           "ObservationalPredictor", pools_families=True),
 )}
 DEFAULT_METHOD = "auto"
 
