@@ -30,7 +30,7 @@ def store_rows(path: Path) -> tuple[pd.DataFrame | None, pd.DataFrame | None, pd
 
 
 def method_items(kind: str | None, choices, samples) -> pd.DataFrame | None:
-    """The per-item data of one kind from a store's rows (as capscale.cli.per_item_data reads them)."""
+    """The per-item data of one kind from a store's rows (as capscale.commands.forecast.per_item_data reads them)."""
     from capscale.metrics import item_metrics
 
     if kind == "choices":

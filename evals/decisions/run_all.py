@@ -124,7 +124,7 @@ def code_version() -> str:
 
 def run_study(study: DecisionStudy, n_boot: int, jobs: int) -> dict:
     from capscale.decide import decide_backtest
-    from capscale.decidecli import load_ladders, read_items
+    from capscale.commands.decisions import load_ladders, read_items
     from capscale.laws.registry import MethodOptions
 
     ladder = load_ladders(list(study.ladders), study.where)

@@ -1,7 +1,7 @@
 """``capscale decide``, ``capscale decide-backtest`` and ``capscale transfer``: the command-line side of
 capscale.decide and capscale.laws.transfer (argument parsing, reading ladders, printing, JSON).
 
-Kept out of capscale/cli.py so that cli.py only registers them (``add_parsers``)."""
+``capscale.cli`` only registers them (``add_parsers``)."""
 
 from __future__ import annotations
 
