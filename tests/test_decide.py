@@ -346,3 +346,19 @@ def test_decide_picks_the_toy_recipe_that_wins_facts_at_s5_from_the_shipped_stor
     assert record["recipe_a"] == "toy" and record["recipe_b"] == "toy-b" and record["paired"]
     assert record["called"] and record["decision"] == "toy" == record["actual_winner"]
     assert record["actual_a"] > record["actual_b"]
+
+
+def test_report_section_scores_single_scale_decisions_at_the_largest_common_size(tmp_path):
+    """capscale report's decisions section: one row per task and pair, scored against the held-out runs."""
+    from capscale.ladder import load_ladder
+    from capscale.report.decisions import decisions_section
+
+    ladder = load_ladder("results/ladders/pythia.csv")
+    ladder = ladder[ladder["task"].isin(["arc_easy", "piqa", "sciq"])]
+    section = decisions_section(ladder, "acc", tmp_path)
+    assert section is not None and section["error"] == ""
+    assert sorted(r["task"] for r in section["table"]) == ["arc_easy", "piqa", "sciq"]
+    assert all(r["actual_winner"] in ("pythia", "pythia-deduped") for r in section["table"])
+    assert "of 3 right" in section["summary"]
+    one_family = ladder[ladder["family"] == "pythia"]
+    assert decisions_section(one_family, "acc", tmp_path) is None

@@ -41,8 +41,9 @@ by ``;``), at which every recipe is forecast from all its runs.
 from capscale.decide.beliefs import Belief, p_beats
 from capscale.decide.methods import RECORD_KEYS, TOO_CLOSE, DecideError, MethodSpec, default_methods, parse_method
 from capscale.decide.records import DecisionRecord, as_table, decide_pair
+from capscale.decide.report import report_section
 from capscale.decide.run import decide, decide_backtest
 from capscale.decide.targets import Target
 
 __all__ = ["Belief", "DecideError", "DecisionRecord", "MethodSpec", "RECORD_KEYS", "TOO_CLOSE", "Target", "as_table",
-           "decide", "decide_backtest", "decide_pair", "default_methods", "p_beats", "parse_method"]
+           "decide", "decide_backtest", "decide_pair", "default_methods", "p_beats", "parse_method", "report_section"]

@@ -1,5 +1,5 @@
-"""The seam to ``capscale decide`` (built on its own branch): the report asks it for a section and renders
-whatever comes back; it never computes decisions itself.
+"""The seam to ``capscale decide`` (``capscale.decide.report_section``): the report asks it for a section
+and renders whatever comes back; it never computes decisions itself.
 
 Contract: a module ``capscale.decide`` exposing ``report_section(ladder, *, metric, figures_dir, seed)``
 that returns None (nothing to decide) or a dict with
