@@ -52,7 +52,7 @@ def add_scale_options(p: argparse.ArgumentParser) -> None:
                    help="only shard I of N of the checkpoints (sorted names, round-robin), e.g. $SLURM_ARRAY_TASK_ID/8")
 
 
-def add_fit_options(p: argparse.ArgumentParser) -> None:
+def add_fit_options(p: argparse.ArgumentParser, n_boot: int = 1000) -> None:
     from capscale.laws.registry import METHODS
 
     p.add_argument("--metric", help="metric to forecast (default acc; pass_until for the pass-until methods)")
@@ -69,7 +69,7 @@ def add_fit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--direct-form", choices=["auto", "sigmoid", "sigmoid_2p", "linear"],
                    help="direct: the form (default auto: chosen by the ladder's own backtests)")
     p.add_argument("--level", type=float, default=0.9, help="prediction interval level (default 0.9)")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    p.add_argument("--n-boot", type=int, default=n_boot, help=f"bootstrap resamples (default {n_boot})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--step1", default="auto", choices=["auto", "rule", "chinchilla", "chinchilla_shared",
                                                        "power_compute", "power_law"],
@@ -225,7 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     from capscale.report.command import add_arguments
 
     add_arguments(p)
-    add_fit_options(p)
+    # a page fits every task twice (the ladder, and its largest runs held out): 200 resamples keep the toy
+    # page near a minute on 2 cores; raise --n-boot for a decision's intervals
+    add_fit_options(p, n_boot=200)
     p.set_defaults(func=cmd_report)
 
     try:
