@@ -208,7 +208,8 @@ def write_summary(out: Path, info: dict) -> str:
          "Cells: mean absolute error of the forecast metric (accuracy, or the 17-task error for OpenLM) and, in "
          "brackets, the share of actual values inside the 90% interval; `[k/n]` where only k of n held-out runs "
          "could be forecast (the records of the others give the reason). `no loss`: two-step needs a loss "
-         "metric the ladder lacks; `no per-choice rows`: choice-mass needs per-item data.", ""]
+         "metric the ladder lacks; `no per-choice rows`: choice-mass needs per-item data; `—`: the cell was not run "
+         "(`--only NAME --methods ...` fills it; the timing table lists every cell that ran).", ""]
     header = ["backtest", *[m.name for m in METHODS]]
     rows = []
     for b in public.BACKTESTS:
@@ -300,6 +301,8 @@ def main(argv=None) -> int:
                 c = run_cell(b, m, args.n_boot, args.jobs, out)
                 print(json.dumps({k: v for k, v in c.items() if k != "keys"}), flush=True)
                 # every finished cell is saved at once: a killed run loses only the cell it was in
+                if info_path.exists():  # another run_all may have saved its cells meanwhile
+                    info["cells"] = json.loads(info_path.read_text())["cells"]
                 info["cells"] = [x for x in info["cells"] if (x["backtest"], x["method"]) != (b.name, m.name)] + [c]
                 info["load"][1] = os.getloadavg()[0]
                 info["seconds"] = sum(x.get("seconds", 0) for x in info["cells"])
