@@ -108,9 +108,9 @@ def run(args, options, argv: list[str] | None = None) -> int:
         report["decisions"]["figures"] = [os.path.relpath(Path(p).resolve(), out.resolve())
                                           for p in report["decisions"]["figures"]]
     report["provenance"]["seconds"] = round(time.time() - started, 1)
-    from capscale.trends import _jsonable  # NaN -> null, numpy scalars -> Python: strict JSON
+    from capscale.trends.analysis import jsonable  # NaN -> null, numpy scalars -> Python: strict JSON
 
-    report = _jsonable(report)
+    report = jsonable(report)
     (out / "report.json").write_text(json.dumps(report, indent=1, allow_nan=False))
     (out / "index.html").write_text(render(report), encoding="utf-8")
     counts = {}
