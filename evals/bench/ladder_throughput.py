@@ -119,15 +119,20 @@ def main(argv=None) -> int:
             timed_command(capscale_cmd(spec, tmp / "ray", args.limit, "--ray", "--ray-workers", str(args.workers))))
         assert same_store(tmp / "serial", tmp / "ray"), "the Ray store differs from the serial one"
         ray_cli = str(Path(sys.executable).with_name("ray"))
-        subprocess.run([ray_cli, "start", "--head", "--num-cpus", str(args.workers), "--include-dashboard", "false"],
-                       env=ENV, check=True, capture_output=True)
-        try:
-            add(f"capscale ladder-eval --ray auto (running cluster, {args.workers} workers)",
-                timed_command(capscale_cmd(spec, tmp / "ray-auto", args.limit, "--ray", "auto", "--ray-workers",
-                                           str(args.workers))))
-        finally:
-            subprocess.run([ray_cli, "stop", "--force"], env=ENV, capture_output=True)
-        assert same_store(tmp / "serial", tmp / "ray-auto")
+        # `ray stop` stops every Ray process of this user: never start (and stop) a cluster beside another one
+        if subprocess.run([ray_cli, "status"], env=ENV, capture_output=True).returncode == 0:
+            print("a Ray cluster already runs on this machine: the 'running cluster' row is skipped "
+                  "(stopping ours would stop it too)", flush=True)
+        else:
+            subprocess.run([ray_cli, "start", "--head", "--num-cpus", str(args.workers), "--include-dashboard",
+                            "false"], env=ENV, check=True, capture_output=True)
+            try:
+                add(f"capscale ladder-eval --ray auto (running cluster, {args.workers} workers)",
+                    timed_command(capscale_cmd(spec, tmp / "ray-auto", args.limit, "--ray", "auto", "--ray-workers",
+                                               str(args.workers))))
+            finally:
+                subprocess.run([ray_cli, "stop", "--force"], env=ENV, capture_output=True)
+            assert same_store(tmp / "serial", tmp / "ray-auto")
         if not args.skip_lm_eval:
             k = min(args.lm_eval_checkpoints or len(data["checkpoints"]), len(data["checkpoints"]))
             add(f"lm_eval once per checkpoint (batch size {args.batch_size}; {k} checkpoints)",
