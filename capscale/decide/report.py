@@ -14,6 +14,7 @@ import pandas as pd
 
 from capscale.decide.methods import DecideError
 from capscale.decide.run import decide_backtest
+from capscale.decide.targets import same_rung
 from capscale.ladder import final_checkpoints
 from capscale.laws.rolling import SIZE_RTOL
 
@@ -23,10 +24,9 @@ COLUMNS = ["task", "recipe_a", "recipe_b", "p_a_beats_b", "decision", "actual_wi
 def largest_common_size(ladder: pd.DataFrame) -> float | None:
     """The largest params every family has a run of (within the rung tolerance), or None."""
     finals = final_checkpoints(ladder)
-    tops = [g["params"].to_numpy(float) for _, g in finals.groupby("family")]
-    candidates = sorted(set(np.concatenate(tops)), reverse=True)
-    for size in candidates:
-        if all(np.any(np.abs(t / size - 1.0) <= SIZE_RTOL) for t in tops):
+    sizes = [g["params"].to_numpy(float) for _, g in finals.groupby("family")]
+    for size in sorted(set(np.concatenate(sizes)), reverse=True):
+        if all(any(same_rung(size, s) for s in family) for family in sizes):
             return float(size)
     return None
 
