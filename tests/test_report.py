@@ -196,3 +196,20 @@ def test_page_loads_in_headless_chromium_without_console_errors(toy_report, tmp_
     report = json.loads((toy_report / "report.json").read_text())
     by_noise = sorted(report["triage"], key=lambda r: -r["relative_noise"])
     assert [row[0] for row in page.rows] == [r["task"] for r in by_noise]
+
+
+def test_inputs_give_each_method_its_kind_of_items_from_a_store_or_a_rows_file(tmp_path):
+    """The report reads a store once, and hands every method the per-item data `capscale backtest` would
+    (ladder.read_items): per-item metrics for two-step, per-choice rows for auto, from a store or --items FILE."""
+    from capscale.ladder import read_items
+    from capscale.report.inputs import read_inputs
+    from capscale.store import ResultsStore
+
+    two_step = read_inputs(str(TOY), None, "two-step")
+    assert two_step.items is not None and len(two_step.items) == len(read_items(TOY, "items"))
+    assert len(read_inputs(str(TOY), None, "auto").items) == len(read_items(TOY, "choices"))
+    rows = tmp_path / "choices.csv"
+    ResultsStore(TOY).read_choices().to_csv(rows, index=False)
+    from_file = read_inputs(str(TOY / "ladder.csv"), str(rows), "auto")
+    assert {"choice", "gold", "logprob"} <= set(from_file.items.columns)
+    assert len(read_inputs(str(TOY / "ladder.csv"), str(rows), "direct").items) == len(from_file.trend_items)

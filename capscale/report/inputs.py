@@ -10,14 +10,14 @@ from pathlib import Path
 import pandas as pd
 
 from capscale.errors import CapscaleError
-from capscale.ladder import is_results_store, load_ladder, validate
+from capscale.ladder import SAMPLE_ROW_COLUMNS, is_results_store, load_ladder, read_items, validate
 from capscale.laws.registry import get_method
 
 
 @dataclass
 class Inputs:
     ladder: pd.DataFrame
-    items: pd.DataFrame | None  # what the method reads (capscale.laws.registry: choices, item_metrics, samples)
+    items: pd.DataFrame | None  # what the method reads (capscale.laws.registry: choices, items, samples)
     trend_items: pd.DataFrame | None  # per-item metrics for the trend tests' noise
 
 
@@ -29,17 +29,29 @@ def store_rows(path: Path) -> tuple[pd.DataFrame | None, pd.DataFrame | None, pd
     return choices, samples, store.read_manifest()
 
 
-def method_items(kind: str | None, choices, samples) -> pd.DataFrame | None:
-    """The per-item data of one kind from a store's rows (as capscale.commands.forecast.per_item_data reads them)."""
-    from capscale.metrics import item_metrics
-
+def method_items(kind: str | None, choices, samples, item_table) -> pd.DataFrame | None:
+    """The per-item data of one registry kind from a store's rows already read (what ``ladder.read_items``
+    would read from the store again): per-choice rows, per-sample counts, or the store's per-item metrics."""
     if kind == "choices":
         return choices
-    if kind == "item_metrics":
-        return None if choices is None else item_metrics(choices)
+    if kind == "items":
+        return item_table
     if kind == "samples" and samples is not None:
-        return samples[["checkpoint", "task", "item", "n_drawn", "n_correct", "until"]]
+        return samples[SAMPLE_ROW_COLUMNS]
     return None
+
+
+def file_method_items(source: Path, kind: str | None, item_table: pd.DataFrame) -> pd.DataFrame | None:
+    """``--items FILE``: the method's kind read by ``ladder.read_items``; a per-choice method given per-item
+    or per-sample rows falls back to their per-item metrics (the task-level methods resample those items)."""
+    if kind == "items":
+        return item_table
+    if kind is None:
+        return None
+    try:
+        return read_items(source, kind)
+    except CapscaleError:
+        return item_table if kind == "choices" else None
 
 
 def read_inputs(ladder_path: str, items_path: str | None, method: str, drop_nonfinite: bool = False) -> Inputs:
@@ -60,14 +72,7 @@ def read_inputs(ladder_path: str, items_path: str | None, method: str, drop_nonf
         return Inputs(ladder, None, None)
     if is_results_store(source):
         choices, samples, _ = rows if source == path and rows is not None else store_rows(source)
-        return Inputs(ladder, method_items(kind, choices, samples), store_item_metrics(choices, samples))
-    from capscale.laws.choicemass import load_choice_rows
-    from capscale.trends import load_items
-
-    trend_items = load_items(source)  # a rows file: per-choice, per-sample or per-item rows
-    if kind == "choices":
-        try:
-            return Inputs(ladder, load_choice_rows(source), trend_items)
-        except CapscaleError:  # per-item or per-sample rows: the task-level methods resample their items
-            return Inputs(ladder, trend_items, trend_items)
-    return Inputs(ladder, trend_items if kind == "item_metrics" else None, trend_items)
+        item_table = store_item_metrics(choices, samples)
+        return Inputs(ladder, method_items(kind, choices, samples, item_table), item_table)
+    item_table = read_items(source, "items")  # a rows file: per-choice, per-sample or per-item rows
+    return Inputs(ladder, file_method_items(source, kind, item_table), item_table)
