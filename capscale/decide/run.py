@@ -48,7 +48,8 @@ def items_for(spec: MethodSpec, items: dict | None):
         return items.get("item_metrics")
     from capscale.laws.registry import get_method
 
-    return items.get(get_method(spec.name).items or "", None)
+    kind = get_method(spec.name).items  # the registry's "items" are this dict's "item_metrics"
+    return items.get("item_metrics" if kind == "items" else kind or "", None)
 
 
 def recipe_items(items, recipe_rows_: pd.DataFrame, task: str, loss_task: str | None):
