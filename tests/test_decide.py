@@ -362,3 +362,16 @@ def test_report_section_scores_single_scale_decisions_at_the_largest_common_size
     assert "of 3 right" in section["summary"]
     one_family = ladder[ladder["family"] == "pythia"]
     assert decisions_section(one_family, "acc", tmp_path) is None
+
+
+def test_forecasting_methods_get_the_per_item_data_their_registry_kind_names():
+    """Two-step and direct resample items (and pair recipes on them) only if decide hands them the item
+    metrics; auto gets the per-choice rows; carry-forward reads none."""
+    from capscale.decide import parse_method
+    from capscale.decide.run import items_for
+
+    items = {"choices": object(), "item_metrics": object()}
+    for name in ("two-step", "direct", "single-scale", "loss-law:bpb_correct"):
+        assert items_for(parse_method(name), items) is items["item_metrics"], name
+    assert items_for(parse_method("auto"), items) is items["choices"]
+    assert items_for(parse_method("carry-forward"), items) is None
