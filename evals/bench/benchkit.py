@@ -101,3 +101,9 @@ def shared_machine_lines(res: dict) -> list[str]:
         return []
     return ["", f"**Shared machine**: other jobs ran at the same time (1-min load up to {load:.1f} on "
                 f"{cores} cores), so wall times are longer and ratios noisier than on a quiet machine."]
+
+
+def choice_texts(items) -> list[str]:
+    """Every context and every scored continuation of multiple-choice items: what a benchmark's tokenizer
+    is trained on, so token counts are realistic without a download."""
+    return [it.context for it in items] + [it.continuation(j) for it in items for j in range(len(it.choices))]

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchkit import machine, provenance_lines
+from benchkit import choice_texts, machine, provenance_lines
 from scoring_grid import SOURCE, grid_items
 from scoring_speed import ROOT, lmeval_requests
 
@@ -149,8 +149,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     source = load_jsonl_task(SOURCE).items
-    texts = [it.context for it in source] + [it.continuation(j) for it in source for j in range(len(it.choices))]
-    tokenizer = train_tokenizer(texts, vocab_size=8192)
+    tokenizer = train_tokenizer(choice_texts(source), vocab_size=8192)
     loadavg_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="capscale-precision-") as tmp:
         path = str(save_random_checkpoint(Path(tmp) / "llama", tokenizer, arch="llama", d_model=args.d_model,

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchkit import machine, provenance_lines, timed
+from benchkit import choice_texts, machine, provenance_lines, timed
 from scoring_speed import lmeval_requests
 
 from capscale.models import load_checkpoint
@@ -215,8 +215,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     source = load_jsonl_task(SOURCE).items
-    texts = [it.context for it in source] + [it.continuation(j) for it in source for j in range(len(it.choices))]
-    tokenizer = train_tokenizer(texts, vocab_size=8192)
+    tokenizer = train_tokenizer(choice_texts(source), vocab_size=8192)
     loadavg_before = os.getloadavg()[0]
     cells = []
     with tempfile.TemporaryDirectory(prefix="capscale-grid-") as tmp:

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from benchkit import machine, provenance_lines, timed
+from benchkit import choice_texts, machine, provenance_lines, timed
 
 from capscale.models import load_checkpoint
 from capscale.scoring.loglik import score_items
@@ -89,8 +89,7 @@ def parse_args(argv=None):
 
 def build_checkpoint(out_dir: Path, items, args) -> Path:
     """Random-init Llama + BPE trained on the task's own texts: realistic token counts, no network."""
-    texts = [it.context for it in items] + [it.continuation(j) for it in items for j in range(len(it.choices))]
-    tokenizer = train_tokenizer(texts, vocab_size=args.vocab)
+    tokenizer = train_tokenizer(choice_texts(items), vocab_size=args.vocab)
     return save_random_checkpoint(out_dir, tokenizer, arch="llama", d_model=args.d_model, n_layers=args.n_layers,
                                   n_heads=max(1, args.d_model // 64), max_length=args.max_length)
 
