@@ -94,3 +94,21 @@ def require_inputs(target: dict, inputs, what: str) -> None:
     if missing:
         given = [k for k, v in target.items() if v is not None]
         raise CapscaleError(f"{what} needs the target's {' and '.join(missing)} (given: {', '.join(given)})")
+
+
+def jsonable(obj):
+    """Strict JSON values for records and reports: NaN and inf -> null, numpy scalars -> Python, recursively
+    through dicts, lists and tuples."""
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {k: jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return None if not np.isfinite(obj) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj

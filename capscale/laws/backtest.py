@@ -22,6 +22,7 @@ from capscale.errors import CapscaleError
 from capscale.ladder import final_checkpoints, holdout_split
 from capscale.laws.base import STANDARD_LEVELS, Forecast
 from capscale.laws.registry import MethodOptions, get_method, make_predictor
+from capscale.schema import jsonable
 
 RECORD_KEYS = ["task", "family", "model", "params", "tokens", "flops", "predicted", "lower", "upper", "actual",
                "abs_error", "lower_50", "upper_50", "lower_80", "upper_80", "method_used", "form_used", "n_points",
@@ -57,15 +58,7 @@ class BacktestRecord:
 
     def contract(self) -> dict:
         """The JSON record of the backtest contract, exactly RECORD_KEYS; NaN becomes null."""
-        return {k: json_value(getattr(self, k)) for k in RECORD_KEYS}
-
-
-def json_value(value):
-    if isinstance(value, (float, np.floating)):
-        return None if not np.isfinite(value) else float(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
+        return {k: jsonable(getattr(self, k)) for k in RECORD_KEYS}
 
 
 @dataclass

@@ -24,8 +24,9 @@ import pandas as pd
 
 from capscale.errors import CapscaleError
 from capscale.ladder import final_checkpoints
-from capscale.laws.backtest import backtest_task, json_value
+from capscale.laws.backtest import backtest_task
 from capscale.laws.registry import MethodOptions, get_method, make_predictor
+from capscale.schema import jsonable
 from capscale.laws.rolling import SIZE_RTOL, rungs, size_keys
 from capscale.report import triage
 from capscale.report.targets import default_target, target_label
@@ -107,10 +108,10 @@ def run_table(ladder: pd.DataFrame) -> list[dict]:
     rows = []
     for (family, model), run in per_checkpoint.groupby(RUN_COLUMNS, sort=False):
         last = run.sort_values("step").iloc[-1]
-        rows.append({"family": family, "model": model, "params": json_value(last["params"]),
-                     "tokens": json_value(last["tokens"]), "flops": json_value(last["flops"]),
-                     "tokens_per_param": json_value(last["tokens"] / last["params"]),
-                     "checkpoints": int(len(run)), "last_step": json_value(last["step"])})
+        rows.append({"family": family, "model": model, "params": jsonable(last["params"]),
+                     "tokens": jsonable(last["tokens"]), "flops": jsonable(last["flops"]),
+                     "tokens_per_param": jsonable(last["tokens"] / last["params"]),
+                     "checkpoints": int(len(run)), "last_step": jsonable(last["step"])})
     return sorted(rows, key=lambda r: (r["family"], r["flops"] or 0.0, r["model"]))
 
 
@@ -267,11 +268,11 @@ def method_of(predictor) -> tuple[str, str]:
 
 
 def forecast_dict(forecast) -> dict:
-    return {"value": json_value(forecast.value), "lower": json_value(forecast.lower),
-            "upper": json_value(forecast.upper), "level": forecast.level,
-            "intervals": {str(k): [json_value(lo), json_value(hi)] for k, (lo, hi) in forecast.intervals.items()},
-            "loss": json_value(forecast.loss), "loss_lower": json_value(forecast.loss_lower),
-            "loss_upper": json_value(forecast.loss_upper), "method_used": forecast.method_used,
+    return {"value": jsonable(forecast.value), "lower": jsonable(forecast.lower),
+            "upper": jsonable(forecast.upper), "level": forecast.level,
+            "intervals": {str(k): [jsonable(lo), jsonable(hi)] for k, (lo, hi) in forecast.intervals.items()},
+            "loss": jsonable(forecast.loss), "loss_lower": jsonable(forecast.loss_lower),
+            "loss_upper": jsonable(forecast.loss_upper), "method_used": forecast.method_used,
             "form_used": forecast.form_used, "n_points": forecast.n_points, "warnings": list(forecast.warnings)}
 
 
@@ -286,9 +287,9 @@ def backtest_summary(pair: PairFit) -> dict | None:
         inside = None
         if np.isfinite(record.predicted):
             inside = bool(record.lower <= record.actual <= record.upper)
-        rows.append({"model": record.model, "predicted": json_value(record.predicted),
-                     "lower": json_value(record.lower), "upper": json_value(record.upper),
-                     "actual": json_value(record.actual), "abs_error": json_value(record.abs_error),
+        rows.append({"model": record.model, "predicted": jsonable(record.predicted),
+                     "lower": jsonable(record.lower), "upper": jsonable(record.upper),
+                     "actual": jsonable(record.actual), "abs_error": jsonable(record.abs_error),
                      "inside": inside, "method_used": record.method_used, "reason": record.reason})
     scored = [r for r in rows if r["inside"] is not None]
     return {"runs": rows, "n": len(scored), "inside": sum(r["inside"] for r in scored),
@@ -321,12 +322,12 @@ def triage_row(pair: PairFit, ladder: pd.DataFrame, settings: Settings, trend) -
     if pair.error:
         verdict, why = "failed", "no fit: see the method column"
     return {"task": pair.task, "family": pair.family, "n_runs": int(len(finals)),
-            "last": json_value(finals.sort_values("flops")["value"].iloc[-1]) if len(finals) else None,
-            "spread": json_value(spread), "noise": json_value(noise), "noise_source": noise_source,
+            "last": jsonable(finals.sort_values("flops")["value"].iloc[-1]) if len(finals) else None,
+            "spread": jsonable(spread), "noise": jsonable(noise), "noise_source": noise_source,
             "relative_noise": relative_noise, "method": method, "form": form, "in_ladder_error": error,
             "relative_error": relative_error,
-            "candidates": {k: json_value(v) for k, v in getattr(pair.predictor, "internal_errors_", {}).items()},
-            "backtest": backtest, "trend": label, "trend_p": None if trend is None else json_value(trend.p_value),
+            "candidates": {k: jsonable(v) for k, v in getattr(pair.predictor, "internal_errors_", {}).items()},
+            "backtest": backtest, "trend": label, "trend_p": None if trend is None else jsonable(trend.p_value),
             "trend_noise": None if trend is None else trend.noise_source,
             "hidden_progress": hidden, "hidden_detail": hidden_detail, "verdict": verdict, "why": why,
             "error": pair.error}
@@ -410,7 +411,6 @@ def collect(source: str, ladder: pd.DataFrame, settings: Settings, items=None, t
         settings.targets = [dict(default_target(finals), default=True)]
     for target in settings.targets:
         target.setdefault("label", target_label(target))
-    every_task = get_method(settings.method).reads_all_tasks
     pairs = {(t, f): PairFit(t, f) for t in tasks for f in families
              if ((ladder["task"] == t) & (ladder["family"] == f) & (ladder["metric"] == settings.metric)).any()}
     train, held, held_models = largest_rung_split(ladder, settings.metric)
@@ -423,7 +423,7 @@ def collect(source: str, ladder: pd.DataFrame, settings: Settings, items=None, t
         "ladder": {"source": source, "metric": settings.metric, "families": families, "tasks": tasks,
                    "n_rows": int(len(ladder)), "runs": run_table(ladder[ladder["metric"] == settings.metric]),
                    "notes": notes, "held_out": held_models},
-        "targets": [{k: json_value(v) for k, v in t.items()} for t in settings.targets],
+        "targets": [{k: jsonable(v) for k, v in t.items()} for t in settings.targets],
         "triage": triage_rows,
         "coverage": {**coverage(triage_rows), "level": settings.options.level},
         "forecasts": [row for p in pairs.values() for row in forecast_rows(p, settings.targets)],

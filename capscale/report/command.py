@@ -108,7 +108,7 @@ def run(args, options, argv: list[str] | None = None) -> int:
         report["decisions"]["figures"] = [os.path.relpath(Path(p).resolve(), out.resolve())
                                           for p in report["decisions"]["figures"]]
     report["provenance"]["seconds"] = round(time.time() - started, 1)
-    from capscale.trends.analysis import jsonable  # NaN -> null, numpy scalars -> Python: strict JSON
+    from capscale.schema import jsonable  # NaN -> null, numpy scalars -> Python: strict JSON
 
     report = jsonable(report)
     (out / "report.json").write_text(json.dumps(report, indent=1, allow_nan=False))

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from capscale.schema import jsonable
 from capscale.trends.classes import BINARY_METRICS, CONTINUOUS_METRICS, LOWER_IS_BETTER, NEAR_CHANCE, TrendError
 from capscale.trends.decide import decide_shape, progress_test
 from capscale.trends.evidence import bigbench_scores, quadratic_evidence
@@ -56,20 +57,6 @@ class TrendResult:
 
     def to_dict(self) -> dict:
         return jsonable(asdict(self))
-
-
-def jsonable(obj):
-    if isinstance(obj, dict):
-        return {k: jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return None if not np.isfinite(obj) else float(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
 
 
 def metric_direction(metric: str, direction: str = "auto") -> str:
