@@ -23,7 +23,7 @@ from capscale.laws.capabilities import (
 )
 from capscale.laws.observational import ObservationalPredictor
 from capscale.laws.persist import load_predictor, save_predictor
-from capscale.laws.registry import METHODS
+from capscale.laws.registry import METHODS, MethodOptions
 
 SLOPE = 0.8  # latent capability per e-fold of compute
 TASKS = 10
@@ -196,8 +196,9 @@ def test_a_saved_fit_forecasts_the_same(tmp_path):
 def test_backtest_forecasts_a_family_with_no_other_model_and_keeps_the_contract():
     table, _ = synthetic_families(11, n_families=4)
     table = table[~table["model"].isin(["fam3-m0", "fam3-m1", "fam3-m2", "fam3-m3"])]  # fam3: one model
+    sigmoid = MethodOptions(n_boot=50, extra={"score_link": "sigmoid"})  # the families' true link
     outcome = run_backtest(table, "model in ['fam0-m4', 'fam3-m4']", method="observational", tasks=["task1"],
-                           n_boot=50)
+                           options=sigmoid)
     records = {r.model: r.contract() for r in outcome.records}
     assert set(records["fam3-m4"]) == set(RECORD_KEYS)
     assert records["fam3-m4"]["predicted"] is not None and records["fam3-m4"]["method_used"] == "observational"

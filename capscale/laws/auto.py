@@ -217,8 +217,8 @@ class AutoPredictor(TaskPredictor):
 
     def task_errors(self, ladder, task, metric, loss, loss_task, items) -> dict[str, float]:
         """Each candidate's mean internal error on this task (compared on common origins); observational
-        (on the whole table) only beside a scored per-family candidate, and with its sigmoid link (its
-        own choice of link would refit every family's origins per task: 10x the time)."""
+        (on the whole table) only beside a scored per-family candidate, with its own link (the sigmoid
+        where that is "auto": its own choice of link would refit every family's origins per task)."""
         kind = items_kind(items)
         whole = ladder
         ladder, pooled = self.pooled_split(whole)
@@ -231,7 +231,8 @@ class AutoPredictor(TaskPredictor):
                                                      self.items_for(name, items, kind, task, loss_task), self.n_origins)
                 elif any(points.values()):
                     try:
-                        points[name] = candidate.clone(score_link="sigmoid").own_points(whole, task, metric)
+                        link = "sigmoid" if candidate.score_link == "auto" else candidate.score_link
+                        points[name] = candidate.clone(score_link=link).own_points(whole, task, metric)
                     except CapscaleError:
                         points[name] = []
         return common_error(points)

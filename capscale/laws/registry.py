@@ -92,7 +92,7 @@ def _choice_mass(o: MethodOptions):
 def _observational(o: MethodOptions):
     from capscale.laws.observational import ObservationalPredictor
 
-    return ObservationalPredictor(n_components=o.extra.get("n_components", 1), score_link=o.extra.get("score_link", "auto"),
+    return ObservationalPredictor(n_components=o.extra.get("n_components", 1), score_link=o.extra.get("score_link", "linear"),
                                   **o.common())
 
 

@@ -34,6 +34,7 @@ class OriginPoint:
     predicted: float
     distance: float  # ln(compute / largest compute of the origin's fitting runs), >= 0
     deviations: dict = field(default_factory=dict)  # level -> (lo <= 0, hi >= 0) of the uncalibrated draws
+    previous: float = float("nan")  # the family's largest fitting run's value (its carry-forward), where known
 
     @property
     def error(self) -> float:
