@@ -51,6 +51,25 @@ def dof_warning(fit: FitResult, what: str) -> list[str]:
     return []
 
 
+REDRAWS = 100  # tries for a resample with enough distinct runs before it counts as failed
+
+
+def draw_runs(rng: np.random.Generator, n_runs: int, min_distinct: int) -> np.ndarray:
+    """One bootstrap resample of run indices with at least ``min_distinct`` distinct runs: a
+    resample with fewer cannot determine the fit, and on a ladder of one run per size (a 6-run
+    ladder and a 5-parameter law) three resamples in four have fewer, so rejecting them wasted most
+    of the bootstrap. Redrawn (the bootstrap conditional on an identified fit) up to ``REDRAWS``
+    times; the last draw is returned if none has enough (the caller counts it as failed)."""
+    sample = rng.integers(0, n_runs, n_runs)
+    if min_distinct > n_runs:
+        return sample
+    for _ in range(REDRAWS):
+        if len(np.unique(sample)) >= min_distinct:
+            break
+        sample = rng.integers(0, n_runs, n_runs)
+    return sample
+
+
 @dataclass
 class Forecast:
     value: float
@@ -215,7 +234,7 @@ class BasePredictor:
         fits, failed = [], 0
         with one_blas_thread():
             for b in range(self.n_boot):
-                sample = rng.integers(0, n_runs, n_runs)
+                sample = draw_runs(rng, n_runs, min_distinct)
                 redrawn = items.draw(rng) if items is not None else None
                 if (b + 1) % REPORT_EVERY == 0:
                     report_refits(REPORT_EVERY)
@@ -229,7 +248,8 @@ class BasePredictor:
         report_refits(self.n_boot % REPORT_EVERY)
         return fits, failed
 
-    def _resamples(self, n_runs: int, items: "ItemResampler | None" = None) -> tuple[np.ndarray, list]:
+    def _resamples(self, n_runs: int, items: "ItemResampler | None" = None,
+                   min_distinct: int = 0) -> tuple[np.ndarray, list]:
         """The seeded bootstrap draws: how often each run is drawn in each resample [n_boot, n_runs],
         and the redrawn item averages of each resample (None without per-item data). The same
         sequence as ``_bootstrap``, so batched and one-at-a-time refits see the same resamples."""
@@ -237,7 +257,7 @@ class BasePredictor:
         counts = np.zeros((self.n_boot, n_runs))
         redrawn = []
         for b in range(self.n_boot):
-            counts[b] = np.bincount(rng.integers(0, n_runs, n_runs), minlength=n_runs)
+            counts[b] = np.bincount(draw_runs(rng, n_runs, min_distinct), minlength=n_runs)
             redrawn.append(items.draw(rng) if items is not None else None)
         return counts, redrawn
 

@@ -104,8 +104,9 @@ class DirectPredictor(TaskPredictor):
         if name == "linear":  # t-based prediction interval: no bootstrap needed
             self.boot_fits_, self.n_boot_failed_ = [], 0
         else:
-            counts, redrawn = self._resamples(len(runs), resampler)
-            keep = (counts > 0).sum(1) >= len(form.param_names) - len(fixed)
+            least = len(form.param_names) - len(fixed)
+            counts, redrawn = self._resamples(len(runs), resampler, least)
+            keep = (counts > 0).sum(1) >= least
             if not keep.any():
                 counts, keep, resampler = counts[:0], keep[:0], None
             y = base["value"] if resampler is None else np.stack(

@@ -93,7 +93,7 @@ class LossLawPredictor(TaskPredictor):
         resampler = ItemResampler.from_items(items, finals.get("checkpoint", pd.Series([np.nan])),
                                              {"value": (task, metric)})
         self.items_resampled_ = resampler is not None
-        counts, redrawn = self._resamples(len(runs), resampler)
+        counts, redrawn = self._resamples(len(runs), resampler, n_free(form, fixed))
         keep = kept_resamples(counts, n_free(form, fixed))
         targets = y if resampler is None else np.stack([redrawn[b]["value"] for b in keep]).reshape(len(keep), -1)
         refits = refit_many(self.fit_, inputs, targets, counts[keep][:, columns.row_runs()]) if len(keep) else []
@@ -231,7 +231,7 @@ class LossToLossPredictor(TaskPredictor):
         resampler = ItemResampler.from_items(items, pairs.get("checkpoint", pd.Series([np.nan])),
                                              {"source": (source, self.source_metric),
                                               "target": (task, self.loss_metric_)})
-        counts, redrawn = self._resamples(len(runs), resampler)
+        counts, redrawn = self._resamples(len(runs), resampler, 2)
         keep = kept_resamples(counts, 2)
         if resampler is None:
             x, y = pairs["source"].to_numpy(float), pairs["target"].to_numpy(float)

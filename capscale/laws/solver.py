@@ -67,12 +67,12 @@ def batch_objective(form: Form, x: np.ndarray, free: list[str], fixed: dict, z: 
 
 
 def solve_batch(form: Form, free: list[str], fixed: dict, z: dict, y: np.ndarray, w: np.ndarray, x0: np.ndarray,
-                delta, max_iter: int = MAX_ITER) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                delta, max_iter: int = MAX_ITER, rtol: float = RTOL) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Minimise each problem b's sum_i w[b, i] huber(r[b, i], delta_i) from x0[b].
 
     ``y`` and ``w`` are [n] (shared) or [B, n]; ``delta`` a number or [n]. Returns (x [B, P],
     objective [B], converged [B]): converged where the last accepted step changed the objective by
-    less than RTOL relative, or no damped step could lower it any more."""
+    less than ``rtol`` relative, or no damped step could lower it any more."""
     x = np.array(x0, dtype=float, copy=True)
     B, P = x.shape
     lo = np.array([form.bounds[p][0] for p in free], dtype=float)
@@ -118,7 +118,7 @@ def solve_batch(form: Form, free: list[str], fixed: dict, z: dict, y: np.ndarray
         fa = f[active]
         better = f_trial < fa
         idx = np.flatnonzero(active)
-        small = better & (fa - f_trial <= RTOL * np.maximum(fa, 1e-300))
+        small = better & (fa - f_trial <= rtol * np.maximum(fa, 1e-300))
         x[idx[better]] = trial[better]
         f[idx[better]] = f_trial[better]
         lam[idx] = np.where(better, np.maximum(lam[idx] / 3.0, 1e-12), lam[idx] * 4.0)

@@ -292,8 +292,9 @@ class TwoStepPredictor(TaskPredictor):
         s1, s2 = self.fit_
         finals = problem.finals
         runs = run_keys(finals)
-        counts, redrawn = self._resamples(len(runs), resampler)
-        keep = (counts > 0).sum(1) >= n_free(*STEP1_FORMS[self.step1_form_])
+        least = n_free(*STEP1_FORMS[self.step1_form_])
+        counts, redrawn = self._resamples(len(runs), resampler, least)
+        keep = (counts > 0).sum(1) >= least
         if not keep.any():
             return [], self.n_boot
         if resampler is None:
