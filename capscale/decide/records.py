@@ -77,7 +77,7 @@ def decide_pair(task: str, target: Target, spec: MethodSpec, metric: str, a: str
     record.method_used_a, record.method_used_b = belief_a.method_used, belief_b.method_used
     # without draws on both sides (no noise estimate; every refit failed) P is a point comparison:
     # scored as a ranking, never called at a confidence level
-    record.called = bool(len(belief_a.draws) and len(belief_b.draws)) and (p >= level or p <= 1.0 - level)
+    record.called = bool(len(belief_a.draws) and len(belief_b.draws)) and (p >= level or 1.0 - p >= level)  # 1 - 0.9 < 0.1 in floats
     record.decision = TOO_CLOSE if not record.called else a if p >= level else b
     return record
 
