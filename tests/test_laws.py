@@ -190,3 +190,18 @@ def test_item_resampling_from_a_results_store():
     assert (a.lower, a.upper) != (b.lower, b.upper)
     direct = DirectPredictor(n_boot=30).fit(train, "facts", "acc", items=items)
     assert direct.items_resampled_
+
+
+def test_the_bootstrap_of_a_six_run_ladder_keeps_most_refits():
+    """One run per size and a 5-parameter step 1: a refit that still creeps along a flat valley after
+    the iteration budget, or a resample that cannot determine the law, used to count as failed
+    (197 of 200 on the toy 'copy' task); the interval must come from a real bootstrap."""
+    from capscale.ladder import load_ladder
+    from capscale.laws.registry import MethodOptions, make_predictor
+
+    ladder = load_ladder("results/toy")
+    for task in ("copy", "facts"):
+        p = make_predictor("two-step", MethodOptions(n_boot=200, calibrate=False)).fit(ladder, task, "acc")
+        assert p.n_runs_ == 6
+        assert p.n_boot_failed_ <= 40, (task, p.form_used_, p.n_boot_failed_)
+        assert len(p.boot_fits_) == 200 - p.n_boot_failed_

@@ -330,3 +330,35 @@ def test_a_task_with_several_rows_per_model_is_left_out_or_named():
     assert any("task0" in w and "num_fewshot" in w for w in p.fit_warnings_)
     with pytest.raises(CapscaleError, match="several rows"):
         ObservationalPredictor(family="fam0", n_boot=0, calibrate=False, score_link="sigmoid").fit(table, "task0")
+
+
+def test_on_public_families_the_blended_forecast_beats_both_naive_anchors():
+    """lm_eval_2023 (BLOOM, LLaMA, OPT, XGLM with models of their own left): each family's largest model
+    held out and forecast on every shared benchmark it reports. The pooled forecast blended with the
+    family's previous model (w from the table's own internal backtests) must beat carry-forward and the
+    per-family line in log compute on average (point forecasts; the interval backtest with every
+    method is evals/backtests/observational.py)."""
+    from capscale.ladder import final_checkpoints, load_ladder
+
+    table = load_ladder("results/ladders/lm_eval_2023.csv")
+    acc = table[table["metric"] == "acc"]
+    shared = set(benchmark_matrix(table, "acc").tasks)
+    errors = {"observational": [], "carry-forward": [], "line": []}
+    for family, rows in acc.groupby("family"):
+        target = rows.sort_values("flops")["model"].iloc[-1]
+        train = table[table["model"] != target].reset_index(drop=True)
+        held = acc[acc["model"] == target]
+        own = final_checkpoints(train[(train["family"] == family) & (train["metric"] == "acc")])
+        for task in sorted(shared & set(held["task"])):
+            mine = own[own["task"] == task].sort_values("flops")
+            if len(mine) < 2:
+                continue
+            actual, flops = float(held.loc[held["task"] == task, "value"].iloc[-1]), float(held["flops"].iloc[0])
+            p = ObservationalPredictor(family=family, n_boot=0, calibrate=False).fit(train, task)
+            line = np.polyval(np.polyfit(np.log(mine["flops"]), mine["value"], 1), np.log(flops))
+            errors["observational"].append(abs(p.predict(flops=flops).value - actual))
+            errors["carry-forward"].append(abs(float(mine["value"].iloc[-1]) - actual))
+            errors["line"].append(abs(float(np.clip(line, 0, 1)) - actual))
+    mae = {name: float(np.mean(e)) for name, e in errors.items()}
+    assert len(errors["observational"]) >= 200
+    assert mae["observational"] < mae["carry-forward"] and mae["observational"] < mae["line"], mae
