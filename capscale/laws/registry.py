@@ -93,6 +93,7 @@ def _observational(o: MethodOptions):
     from capscale.laws.observational import ObservationalPredictor
 
     return ObservationalPredictor(n_components=o.extra.get("n_components", 1), score_link=o.extra.get("score_link", "linear"),
+                                  blend=o.extra.get("blend", "auto"),
                                   **o.common())
 
 

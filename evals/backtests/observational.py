@@ -127,6 +127,8 @@ def annotate(records: pd.DataFrame, backtest: public.PublicBacktest) -> pd.DataF
 def from_records(path: Path) -> pd.DataFrame:
     """A written records file as the summary table's columns (for --resume)."""
     table = pd.DataFrame(json.loads(path.read_text()))
+    for column in ("predicted", "lower", "upper", "actual", "abs_error"):  # null (no forecast) -> NaN
+        table[column] = pd.to_numeric(table[column], errors="coerce")
     forecast = table["predicted"].notna()
     inside = (table["actual"] >= table["lower"]) & (table["actual"] <= table["upper"])
     return table.assign(inside=inside.where(forecast, np.nan), reason=table["reason"].fillna(""))
@@ -213,7 +215,7 @@ def markdown(all_rows: pd.DataFrame, labels: list[str], n_boot: int, seconds: fl
               f"family (its largest model in the fit within {NEAR_CHANCE:.2f} of chance).", "",
               "| subset | " + " | ".join(labels) + " |", "|" + "---|" * (1 + len(labels))]
     both = common(all_rows, labels)
-    subsets = [("all forecasts made", all_rows)]
+    subsets = [("all forecasts made", all_rows), ("common targets (both designs)", both)]
     for design in ("loflo", "cutoff"):
         subsets.append((f"{design}: all forecasts made", all_rows[all_rows["design"] == design]))
         subsets.append((f"{design}: common targets", both[both["design"] == design]))
@@ -224,6 +226,9 @@ def markdown(all_rows: pd.DataFrame, labels: list[str], n_boot: int, seconds: fl
     for name, rows in subsets:
         cells = [cell(scores(rows[rows["method"] == m]), show_n=True) for m in labels]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    per_family = both.groupby(["backtest", "family", "method"])["abs_error"].mean().unstack("method")
+    lines.append(f"| mean over held-out families, common targets ({len(per_family)} families x backtests; MAE only) | "
+                 + " | ".join(f"{per_family[m].mean():.3f}" if m in per_family else "—" for m in labels) + " |")
     per_table = ["", "## Per table and design (all forecasts made)", "", "| table | design | " + " | ".join(labels) + " |",
                  "|" + "---|" * (2 + len(labels))]
     for (table, design), rows in all_rows.groupby(["table", "design"], sort=False):
