@@ -148,7 +148,9 @@ def test_recovers_the_shared_slope_and_the_family_efficiencies():
 
 def test_intervals_cover_at_the_stated_level_over_seeds():
     """Each seed draws new family efficiencies and benchmarks; every family's largest model is
-    forecast from everything else. Bootstrap + offset posterior + residuals, not yet calibrated."""
+    forecast from everything else. Bootstrap + offset posterior + residuals, not yet calibrated, of the
+    latent model alone (blend=1: the blend's intervals hold only once calibrated on the blended
+    held-out points, which the public backtests measure, 91% at 90%)."""
     inside90, inside50, widths = [], [], []
     for seed in range(8):
         table, _ = synthetic_families(100 + seed)
@@ -156,7 +158,8 @@ def test_intervals_cover_at_the_stated_level_over_seeds():
             largest = f"{family}-m4"
             train = without(table, [largest])
             for task in ("task0", "task3", "task7"):
-                p = ObservationalPredictor(family=family, n_boot=100, calibrate=False, score_link="sigmoid", seed=seed)
+                p = ObservationalPredictor(family=family, n_boot=100, calibrate=False, score_link="sigmoid", seed=seed,
+                                           blend=1.0)
                 f = p.fit(train, task).predict(**target_of(table, largest))
                 y = actual(table, largest, task)
                 inside90.append(f.lower <= y <= f.upper)
