@@ -203,7 +203,7 @@ def fit_form(
     candidates = list(candidates) + [{p: s[p] for p in free} for s in (extra_starts or [])]
     with one_blas_thread():
         x0 = np.array([[start[p] for p in free] for start in candidates], dtype=float)
-        xs, fs, ok = solve_batch(form, free, fixed, z, y, w, x0, d, max_iter=REFIT_MAX_ITER, rtol=REFIT_RTOL)
+        xs, fs, ok = solve_batch(form, free, fixed, z, y, w, x0, d)
         n_converged = int(ok.sum())
         k = int(np.argmin(fs))  # the lowest objective reached, converged or still creeping
         polished, fun, success = solve(xs[k])
@@ -218,13 +218,6 @@ def fit_form(
         form=form, params=params, reference=reference, objective=float(best_fun), fixed=fixed, n_points=len(y),
         n_starts=len(candidates), n_converged=n_converged, residuals=residuals(form, params, z, y),
     )
-
-
-# A bootstrap refit stops at a relative objective change of 1e-6 (the main fit: 1e-8) within 500
-# iterations: at 1e-8 and 200, 60-99% of the refits on a 6-run toy ladder ran out of iterations while
-# still creeping along a flat valley (3e-5 from the optimum) and were counted as failed; now 5-12%.
-REFIT_RTOL = 1e-6
-REFIT_MAX_ITER = 500
 
 
 def refit_many(fit: FitResult, inputs: dict, y, weights, delta=None) -> list[FitResult | None]:
@@ -243,7 +236,7 @@ def refit_many(fit: FitResult, inputs: dict, y, weights, delta=None) -> list[Fit
     d = delta if delta is not None else DEFAULT_DELTA[form.space]
     x0 = np.tile([fit.params[p] for p in free], (B, 1))
     with one_blas_thread():
-        xs, fs, ok = solve_batch(form, free, fixed, z, y, w, x0, d, max_iter=REFIT_MAX_ITER, rtol=REFIT_RTOL)
+        xs, fs, ok = solve_batch(form, free, fixed, z, y, w, x0, d)
     n = y.shape[-1]
     return [FitResult(form=form, params={**fixed, **{p: float(v) for p, v in zip(free, xs[b])}}, reference=fit.reference,
                       objective=float(fs[b]), fixed=fixed, n_points=n, n_starts=1, n_converged=1) if ok[b] else None
