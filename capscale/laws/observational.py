@@ -125,6 +125,19 @@ def link_inputs(scores: np.ndarray) -> dict:
     return {f"c{j + 1}": scores[..., j] for j in range(scores.shape[-1])}
 
 
+def choose_blend(blend, points: list[OriginPoint] | None) -> float:
+    """w: ``blend`` as given, or the grid's w with the lowest mean |error| of the blended forecast on
+    the held-out points that have a previous model (1 where there are none)."""
+    if blend != "auto":
+        return float(blend)
+    usable = [p for p in points or [] if np.isfinite(p.previous) and np.isfinite(p.predicted)]
+    if not usable:
+        return 1.0
+    predicted, previous, actual = (np.array([getattr(p, a) for p in usable]) for a in ("predicted", "previous", "actual"))
+    errors = [np.mean(np.abs(w * predicted + (1.0 - w) * previous - actual)) for w in BLEND_GRID]
+    return float(BLEND_GRID[int(np.argmin(errors))])
+
+
 # --- the predictor --------------------------------------------------------------------------
 
 def stacked(links: list[FitResult], lines: list[dict]) -> tuple[dict, dict]:
@@ -202,7 +215,7 @@ class ObservationalPredictor(TaskPredictor):
         if self.calibrate or (self.blend == "auto" and self.previous_ is not None):
             points = self.regime_points(ladder, task, metric, self.n_boot_origin if self.calibrate else 0,
                                         score_link=self.link_name_)
-        self.blend_ = self._choose_blend(points)
+        self.blend_ = 1.0 if self.previous_ is None else choose_blend(self.blend, points)
         if self.blend_ < 1.0:
             self.form_used_ += f"; {self.blend_:.1f} x pooled + {1 - self.blend_:.1f} x its previous model"
         self._calibrate(points)
@@ -463,18 +476,6 @@ class ObservationalPredictor(TaskPredictor):
         best, self.link_errors_ = choose(scored)
         return best or "sigmoid"
 
-    def _choose_blend(self, points: list[OriginPoint] | None) -> float:
-        """w: ``blend`` as given, or the grid's w with the lowest mean |error| of the blended forecast
-        on the held-out points that have a previous model (1 where there are none)."""
-        if self.blend != "auto":
-            return float(self.blend)
-        usable = [p for p in points or [] if np.isfinite(p.previous) and np.isfinite(p.predicted)]
-        if self.previous_ is None or not usable:
-            return 1.0
-        predicted, previous, actual = (np.array([getattr(p, a) for p in usable]) for a in ("predicted", "previous", "actual"))
-        errors = [np.mean(np.abs(w * predicted + (1.0 - w) * previous - actual)) for w in BLEND_GRID]
-        return float(BLEND_GRID[int(np.argmin(errors))])
-
     def blended(self, points: list[OriginPoint]) -> list[OriginPoint]:
         """The held-out points as the blended forecast (w = ``blend_``) would have forecast them."""
         w = self.blend_
@@ -506,11 +507,9 @@ class ObservationalPredictor(TaskPredictor):
         fingerprint = getattr(self, "fingerprint_", None) or table_fingerprint(ladder, metric)
         probe = self.clone(score_link=link)
         own = probe.family_points(ladder, task, metric, self.family, n_boot=0, fingerprint=fingerprint)
-        if self.blend == "auto":
-            probe.previous_, probe.fingerprint_ = 0.0, fingerprint  # a family with models of its own
-            probe.blend_ = probe._choose_blend(probe.regime_points(ladder, task, metric, 0))
-        else:
-            probe.blend_ = float(self.blend)
+        probe.fingerprint_ = fingerprint
+        points = probe.regime_points(ladder, task, metric, 0) if self.blend == "auto" else None
+        probe.blend_ = choose_blend(self.blend, points)
         return probe.blended(own)
 
     # --- persistence (capscale.laws.persist: own_state) -----------------------------------------
