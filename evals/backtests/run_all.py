@@ -307,7 +307,8 @@ def main(argv=None) -> int:
                 if info_path.exists():  # another run_all may have saved its cells meanwhile
                     info["cells"] = json.loads(info_path.read_text())["cells"]
                 info["cells"] = [x for x in info["cells"] if (x["backtest"], x["method"]) != (b.name, m.name)] + [c]
-                info["load"] = [min(info["load"][0], os.getloadavg()[0]), max(info["load"][1], os.getloadavg()[0])]
+                now = os.getloadavg()[0]
+                info["load"] = [min(info["load"][0], now), max(info["load"][1], now)]
                 info["seconds"] = sum(x.get("seconds", 0) for x in info["cells"])
                 info_path.write_text(json.dumps(info, indent=1))
         if args.studies or not (args.only or args.methods):
