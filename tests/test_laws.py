@@ -205,3 +205,15 @@ def test_the_bootstrap_of_a_six_run_ladder_keeps_most_refits():
         assert p.n_runs_ == 6
         assert p.n_boot_failed_ <= 40, (task, p.form_used_, p.n_boot_failed_)
         assert len(p.boot_fits_) == 200 - p.n_boot_failed_
+
+
+def test_a_task_loss_interval_never_goes_below_zero():
+    """The toy 'copy' task's bpb is ~3e-4 at the target: its interval (deviations of the bootstrap
+    draws added to the point) once reached -1.3e-4, a loss no model can have."""
+    from capscale.ladder import load_ladder, read_items
+    from capscale.laws.registry import MethodOptions, make_predictor
+
+    ladder, items = load_ladder("results/toy"), read_items("results/toy", "items")  # as `capscale report` fits it
+    p = make_predictor("two-step", MethodOptions(n_boot=200)).fit(ladder, "copy", "acc", items=items)
+    f = p.predict(params=1.77e6, tokens=3.55e7)
+    assert 0.0 <= f.loss_lower <= f.loss <= f.loss_upper

@@ -308,4 +308,5 @@ class BasePredictor:
 
     def _loss_interval(self, loss: float, draws: np.ndarray, level: float) -> tuple[float, float]:
         lo, hi = deviation_quantiles(np.asarray(draws, dtype=float), level)
-        return (loss + lo, loss + hi) if np.isfinite(lo) else (np.nan, np.nan)
+        # deviations around the draws' median, added to the point: near a loss of 0 they can cross it
+        return (max(loss + lo, 0.0), loss + hi) if np.isfinite(lo) else (np.nan, np.nan)
