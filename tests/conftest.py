@@ -33,6 +33,20 @@ def write_mc_task(path: Path, n_items: int = 24, seed: int = 0, long_every: int 
     return path
 
 
+def write_fewshot_task(path: Path, n_items: int = 16, seed: int = 3, shot_words: int = 7) -> Path:
+    """A JSONL task whose contexts open with the same fixed "few-shot" block (as MMLU's first_n
+    exemplars): the case where items share rows. Every 5th item also ends its context with a space."""
+    rng = random.Random(seed)
+    shots = random_text(rng, shot_words) + " equals one\n" + random_text(rng, 2) + " equals two\n"
+    with path.open("w") as f:
+        for i in range(n_items):
+            ctx = shots + random_text(rng, rng.randint(1, 6)) + " equals" + (" " if i % 5 == 0 else "")
+            n_choices = rng.choice([2, 3, 4])
+            choices = [random_text(rng, rng.randint(1, 3)) for _ in range(n_choices)]
+            f.write(json.dumps({"id": f"s{i}", "context": ctx, "choices": choices, "gold": rng.randrange(n_choices)}) + "\n")
+    return path
+
+
 def write_lm_eval_yaml(task_dir: Path, name: str, data_file: Path) -> Path:
     """The 4-line-style lm-eval YAML that runs a capscale JSONL task unchanged."""
     from capscale.tasks.jsonl import lm_eval_yaml
@@ -66,6 +80,11 @@ def checkpoints(tmp_path_factory, tokenizer) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def mc_task(tmp_path_factory) -> Path:
     return write_mc_task(tmp_path_factory.mktemp("task") / "toymc.jsonl", n_items=24, long_every=6)
+
+
+@pytest.fixture(scope="session")
+def fewshot_task(tmp_path_factory) -> Path:
+    return write_fewshot_task(tmp_path_factory.mktemp("fewshot") / "toyshots.jsonl")
 
 
 @pytest.fixture(scope="session")

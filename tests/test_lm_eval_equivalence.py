@@ -29,11 +29,14 @@ def run_lm_eval(checkpoint, task_file, tmp_path):
     return out["samples"]["toymc"], out["results"]["toymc"]
 
 
+@pytest.mark.parametrize("task", ["mc_task", "fewshot_task"])
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_per_choice_logprobs_and_accuracy_equal_lm_eval(arch, checkpoints, mc_task, tmp_path):
-    samples, results = run_lm_eval(checkpoints[arch], mc_task, tmp_path)
+def test_per_choice_logprobs_and_accuracy_equal_lm_eval(arch, task, checkpoints, request, tmp_path):
+    """Also on a task whose items share a few-shot block (several items packed per row)."""
+    task_file = request.getfixturevalue(task)
+    samples, results = run_lm_eval(checkpoints[arch], task_file, tmp_path)
     store = tmp_path / "store"
-    assert main(["eval", "--model", str(checkpoints[arch]), "--task", str(mc_task), "--out", str(store),
+    assert main(["eval", "--model", str(checkpoints[arch]), "--task", str(task_file), "--out", str(store),
                  "--no-progress"]) == 0
     ours = pd.read_parquet(store / "choices").set_index(["item", "choice"])
 

@@ -66,8 +66,13 @@ class IgnoresCustomMask(torch.nn.Module):
         return self.inner(input_ids=input_ids, position_ids=position_ids, use_cache=use_cache)
 
 
-def test_auto_mode_falls_back_when_the_mask_is_ignored(scored):
-    loaded, items = scored
+@pytest.mark.parametrize("task", ["mc_task", "fewshot_task"])
+def test_auto_mode_falls_back_when_the_mask_is_ignored(scored, task, request, monkeypatch):
+    import capscale.scoring.loglik as loglik
+
+    monkeypatch.setattr(loglik, "_SHARING_GAP", {})
+    loaded, _ = scored
+    items = load_jsonl_task(request.getfixturevalue(task)).items
     broken = IgnoresCustomMask(loaded.model)
     kw = dict(max_length=loaded.max_length, progress=False)
     with pytest.warns(UserWarning, match="disagreed"):
@@ -135,3 +140,70 @@ def test_batches_respect_token_budget(scored):
     for batch in batch_rows(rows, 200):
         assert len(batch) == 1 or len(batch) * max(len(r) for r in batch) <= 200
     assert sum(len(b) for b in batch_rows(rows, 200)) == len(rows)
+
+
+def test_items_sharing_a_fewshot_block_share_rows_and_keep_their_numbers(scored, fewshot_task):
+    """Contexts that open with the same block are packed several items to a row: fewer tokens in,
+    the same per-choice numbers as one row per choice (the reference path)."""
+    from capscale.scoring.loglik import MIN_SHARED_PREFIX, items_per_row, shared_rows
+    from capscale.scoring.packing import shared_prefix_clusters
+
+    loaded, _ = scored
+    items = load_jsonl_task(fewshot_task).items
+    groups = group_by_context(encode_items(loaded.tokenizer, items, loaded.max_length))
+    assert max(p for p, _ in shared_prefix_clusters(groups, MIN_SHARED_PREFIX)) >= 30
+    assert items_per_row(40, 20, 32) == 4 and items_per_row(30, 470, 512) == 1 == items_per_row(20, 95, 512), \
+        "a short prefix does not pay"
+    assert items_per_row(40, 20, 32, max_width=100) == 3, "rows stay within their width"
+    rows = shared_rows(groups, True, loaded.model.config.hidden_size)
+    assert len(rows) < len(groups) and sum(len(r) for r in rows) < sum(len(pack_group(g)) for g in groups)
+    kw = dict(max_length=loaded.max_length, progress=False)
+    shared = score_items(loaded.model, loaded.tokenizer, items, mode="shared", **kw)
+    auto = score_items(loaded.model, loaded.tokenizer, items, **kw)
+    alone = score_items(loaded.model, loaded.tokenizer, items, mode="independent", **kw)
+    assert auto.mode == "shared" and auto.tokens_in == shared.tokens_in
+    assert shared.tokens_in == sum(len(r) for r in rows)
+    assert (np.abs(shared.logprob - alone.logprob) <= float32_tolerance(alone)).all()
+    assert (shared.greedy == alone.greedy).all()
+
+
+def test_a_choice_in_a_shared_row_sees_only_the_prefix_its_item_and_itself(scored, fewshot_task):
+    from capscale.scoring.packing import batch_tensors, pack_items
+
+    loaded, _ = scored
+    groups = group_by_context(encode_items(loaded.tokenizer, load_jsonl_task(fewshot_task).items, loaded.max_length))
+    two = [g for g in groups if not g[0].truncated][:2]
+    prefix = 20
+    assert all(g[0].context[:prefix] == two[0][0].context[:prefix] for g in two)
+    row = pack_items(two, prefix)
+    _, pos, mask, _, _ = batch_tensors([row], 0, torch.float32, "cpu")
+    allowed = mask[0, 0] == 0
+    n1, n2 = (len(g[0].context) - prefix for g in two)
+    bodies1 = sum(len(r.continuation) - 1 for r in two[0])
+    item2 = prefix + n1 + bodies1  # where the second item's suffix starts
+    first_body2 = item2 + n2  # the second item's first choice body
+    assert len(two[1][0].continuation) >= 3, "the check needs a body of 2+ tokens"
+    for q in range(first_body2, first_body2 + len(two[1][0].continuation) - 1):
+        want = list(range(prefix)) + list(range(item2, item2 + n2)) + list(range(first_body2, q + 1))
+        assert torch.nonzero(allowed[q]).flatten().tolist() == want
+    # positions continue each item's own context, as if it were alone
+    assert pos[0, item2].item() == prefix and pos[0, first_body2].item() == len(two[1][0].context)
+
+
+def test_one_probe_vouches_for_rows_of_items_and_of_choices(scored, fewshot_task, monkeypatch):
+    import capscale.scoring.loglik as loglik
+
+    loaded, _ = scored
+    items = load_jsonl_task(fewshot_task).items
+    calls = []
+    real = loglik.self_check
+    monkeypatch.setattr(loglik, "self_check", lambda *a: calls.append(a[-1]) or real(*a))
+    monkeypatch.setattr(loglik, "_SHARING_GAP", {})
+    for _ in range(2):
+        assert score_items(loaded.model, loaded.tokenizer, items, max_length=loaded.max_length,
+                           progress=False).mode == "shared"
+    assert calls == ["items"], "a task with shared rows pays one probe, once per architecture"
+    groups = group_by_context(encode_items(loaded.tokenizer, items, loaded.max_length))
+    first, second = loglik.probe_items(groups)
+    assert sum(len(r.continuation) >= 2 for r in first) >= 2, "the first item can show a leak between choices"
+    assert first[0].item_index != second[0].item_index

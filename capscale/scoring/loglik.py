@@ -1,12 +1,15 @@
 """Per-choice log-likelihoods for multiple-choice items, lm-eval's numbers at a fraction of the cost.
 
-Three savings over lm-eval's HF backend, none of which changes a number beyond float noise:
+Four savings over lm-eval's HF backend, none of which changes a number beyond float noise:
 1. each context is run once and all its choices are scored against it (``packing``);
-2. rows are batched by a token budget, longest first, so padding stays small;
-3. the vocabulary projection and log-softmax (float32) run only at the positions that
+2. items whose contexts open with the same long token prefix (a fixed few-shot block) share
+   one row, so that prefix is run once per row of items rather than once per item;
+3. rows are batched by a token budget, longest first, so padding stays small;
+4. the vocabulary projection and log-softmax (float32) run only at the positions that
    predict continuation tokens, not at every context position.
-A self-check compares the shared packing with one-row-per-choice scoring on one small probe
-group and falls back to the latter for architectures whose attention ignores a custom mask. Its
+A self-check compares the shared packing with one-row-per-choice scoring on small probes (the
+choices of one item; two items in one row) and falls back to the latter for architectures whose
+attention ignores a custom mask. Its
 verdict is a property of the architecture, not of the weights or the task, so it is cached per
 model class, config (minus its path), attention implementation, dtype and device type: a ladder's
 checkpoints of one shape, and every task after the first, reuse it for free.
@@ -27,14 +30,19 @@ from tqdm.auto import tqdm
 
 from capscale.errors import ScoringError
 from capscale.scoring.encoding import ChoiceRequest, encode_items
-from capscale.scoring.packing import PackedRow, batch_rows, batch_tensors, group_by_context, pack_group, pack_independent
+from capscale.scoring.packing import (PackedRow, batch_rows, batch_tensors, common_prefix_length, group_by_context,
+                                      pack_group, pack_independent, pack_items, pack_shared_prefix,
+                                      shared_prefix_clusters)
 from capscale.tasks.schema import MCItem
 
 SELF_CHECK_TOLERANCE = 1e-3
 PROBE_CONTEXT = 64  # context tokens kept in the self-check's probe: enough to see a leak, cheap to run
 PROBE_CHOICES = 4
-_SHARING_GAP: dict[tuple, float] = {}  # architecture_key -> max |shared - independent| on a probe
+_SHARING_GAP: dict[tuple, float] = {}  # (architecture_key, probe kind) -> max |shared - independent| on a probe
 DEFAULT_TOKEN_BUDGET = {"cpu": 4096, "cuda": 65536}
+MIN_SHARED_PREFIX = 16  # tokens a group of items must share before they are considered for common rows
+MIN_SHARING_GAIN = 0.25  # share rows between items only where the cost model saves at least this share
+MAX_SHARED_ROW = 8192  # tokens in a row shared by items, at most (and at most the token budget)
 
 
 @dataclass
@@ -155,30 +163,98 @@ def probe_group(groups: list[list[ChoiceRequest]]) -> list[ChoiceRequest] | None
     return [replace(r, context=r.context[-PROBE_CONTEXT:]) for r in group]
 
 
-def self_check(model, groups: list[list[ChoiceRequest]], pad_id: int, device: str) -> float:
-    """Max |shared - independent| logprob on the probe group (0.0 when sharing cannot differ).
+def probe_items(groups: list[list[ChoiceRequest]]) -> list[list[ChoiceRequest]] | None:
+    """Two items in one row, contexts cut to their last PROBE_CONTEXT tokens, for the check of rows shared
+    by several items: any token of the second item would see the first one through a leak. The first is
+    the choices probe where the task has one, so a pass also vouches for sharing between choices."""
+    if len(groups) < 2:
+        return None
+    first = (probe_group(groups) or groups[0])[:2]
+    taken = (first[0].item_index, first[0].choice_index)
+    other = next(g for g in groups if all((r.item_index, r.choice_index) != taken for r in g))
+    # half the choices probe's context each: the row then costs what the choices probe costs
+    return [[replace(r, context=r.context[-(PROBE_CONTEXT // 2):]) for r in g] for g in (first, other[:2])]
+
+
+def probe_rows(kind: str, groups: list[list[ChoiceRequest]]) -> tuple[PackedRow, list[ChoiceRequest]] | None:
+    """(packed row, its requests) for a probe of ``kind``: "choices" (one item) or "items" (two)."""
+    if kind == "choices":
+        probe = probe_group(groups)
+        return None if probe is None else (pack_group(probe), probe)
+    probe = probe_items(groups)
+    if probe is None:
+        return None
+    shared = common_prefix_length([g[0].context for g in probe])
+    return pack_items(probe, shared), [r for g in probe for r in g]
+
+
+def self_check(model, groups: list[list[ChoiceRequest]], pad_id: int, device: str, kind: str = "choices") -> float:
+    """Max |shared - independent| logprob on the probe of ``kind`` (0.0 when sharing cannot differ).
 
     The packed row and the one-row-per-choice rows go through the model as one batch: on a small
     task the check's cost is its number of forward calls (each a fixed number of ops), not its tokens."""
-    probe = probe_group(groups)
+    probe = probe_rows(kind, groups)
     if probe is None:
         return 0.0
-    scored = score_batch(model, [pack_group(probe), *pack_independent(probe)], pad_id, device)
-    shared, alone = scored[: len(probe)], scored[len(probe):]  # row order: the packed row's requests first
+    packed, requests = probe
+    scored = score_batch(model, [packed, *pack_independent(requests)], pad_id, device)
+    shared, alone = scored[: len(requests)], scored[len(requests):]  # row order: the packed row's requests first
     return max(abs(lp - alone_lp) for (_, lp, _), (_, alone_lp, _) in zip(shared, alone))
 
 
-def sharing_gap(model, groups: list[list[ChoiceRequest]], pad_id: int, device: str) -> float:
+def sharing_gap(model, groups: list[list[ChoiceRequest]], pad_id: int, device: str, kind: str = "choices") -> float:
     """The self-check's gap for this architecture, computed once per process (see architecture_key)."""
-    key = architecture_key(model, device)
+    key = (architecture_key(model, device), kind)
     if key not in _SHARING_GAP:
-        if probe_group(groups) is None:
+        if probe_rows(kind, groups) is None:
             return 0.0  # nothing to learn from this task; a later task may have a probe
-        gap = self_check(model, groups, pad_id, device)
+        gap = self_check(model, groups, pad_id, device, kind)
         if gap != gap:  # NaN: non-finite logits, a property of these weights; let the caller report them
             return gap
         _SHARING_GAP[key] = gap
     return _SHARING_GAP[key]
+
+
+def items_per_row(prefix: int, part: float, d_model: int, max_width: int = MAX_SHARED_ROW) -> int:
+    """How many items whose contexts share ``prefix`` tokens (each adding ``part`` tokens of its own) one
+    row should hold: the m minimising the work per item, 1 when sharing does not pay.
+
+    Per token the layers cost ~24 d^2 FLOPs per layer; a masked attention computes every (query, key)
+    pair of the row, ~4 d per pair per layer, dense. A row of m items costs b (p + m s) + a (p + m s)^2
+    with b / a = 6 d; per item that is smallest at m* = sqrt(p (6 d + p)) / s. Rows are shared only when
+    that saves at least MIN_SHARING_GAIN of the work (what the model leaves out — the mask's build, a
+    wider row's memory traffic — must not eat the gain): a short prefix in front of long items (an
+    instruction line) keeps one row per item. Rows stay within ``max_width`` tokens (the [T, T] mask
+    and, on CPU, the attention weights grow with its square)."""
+    if prefix <= 0 or part <= 0:
+        return 1
+    m = max(1, min(int(np.sqrt(prefix * (6 * d_model + prefix)) / part), int((max_width - prefix) / part)))
+
+    def work_per_item(k):
+        width = prefix + k * part
+        return (6 * d_model * width + width ** 2) / k
+
+    return m if work_per_item(m) <= (1 - MIN_SHARING_GAIN) * work_per_item(1) else 1
+
+
+def shared_rows(groups: list[list[ChoiceRequest]], share_items: bool, d_model: int,
+                token_budget: int = DEFAULT_TOKEN_BUDGET["cpu"]) -> list[PackedRow]:
+    """One row per item, or (``share_items``) rows of several items where their contexts share a prefix
+    of at least MIN_SHARED_PREFIX tokens and sharing it pays (``items_per_row``)."""
+    rows = []
+    for prefix, members in shared_prefix_clusters(groups, MIN_SHARED_PREFIX) if share_items else [(0, groups)]:
+        parts = [len(g[0].context) - prefix + sum(len(r.continuation) - 1 for r in g) for g in members]
+        m = items_per_row(prefix, float(np.mean(parts)), d_model, min(token_budget, MAX_SHARED_ROW))
+        if m < 2:
+            rows += [pack_group(g) for g in members]
+        else:
+            rows += pack_shared_prefix(members, prefix, m)
+    return rows
+
+
+def model_width(model) -> int:
+    """The residual width d_model (``items_per_row``'s cost model); 1024 when the config does not say."""
+    return int(getattr(getattr(model, "config", None), "hidden_size", None) or 1024)
 
 
 def score_items(
@@ -201,17 +277,29 @@ def score_items(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     groups = group_by_context(requests)
     notes: list[str] = []
+    candidate = shared_rows(groups, True, model_width(model), budget) if mode != "independent" else []
+    share_items = 0 < len(candidate) < len(groups)  # some rows hold several items
     if mode == "auto":
-        gap = sharing_gap(model, groups, pad_id, device)
         # a NaN gap means non-finite logits: keep sharing and let the finiteness check below report it
+        items_gap = sharing_gap(model, groups, pad_id, device, "items") if share_items else 0.0
+        share_items = share_items and not items_gap > SELF_CHECK_TOLERANCE
+        # the items probe holds the task's leak-prone choices: its pass vouches for them too
+        gap = 0.0 if share_items else sharing_gap(model, groups, pad_id, device)
         mode = "independent" if gap > SELF_CHECK_TOLERANCE else "shared"
         if mode == "independent":
             notes.append(
                 f"prefix sharing disagreed with per-choice scoring by {gap:.2e} on this architecture; "
                 "scored one row per choice instead (slower, exact)"
             )
-            warnings.warn(notes[-1])
-    rows = [pack_group(g) for g in groups] if mode == "shared" else pack_independent(requests)
+        elif items_gap > SELF_CHECK_TOLERANCE:
+            notes.append(f"rows shared by items disagreed with per-choice scoring by {items_gap:.2e} on this "
+                         "architecture; scored one row per item instead")
+        for note in notes:
+            warnings.warn(note)
+    if mode == "independent":
+        rows = pack_independent(requests)
+    else:
+        rows = candidate if share_items else [pack_group(g) for g in groups]
     index = {(r.item_index, r.choice_index): k for k, r in enumerate(requests)}
     logprob = np.full(len(requests), np.nan)
     greedy = np.zeros(len(requests), dtype=bool)

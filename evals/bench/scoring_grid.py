@@ -14,15 +14,21 @@ other items' answers as distractors). Per cell:
 * the FLOP ratio that bounds the cell: lm-eval's work / capscale's work, counting 2 FLOPs per
   parameter per token for the layers, 2 per lm-head parameter per position whose logits are
   computed (every position for lm-eval, only continuation-predicting ones for capscale), and
-  4 * d_model * layers per attended (query, key) pair (causal pairs only, on both sides). If both
-  ran at the same FLOP/s this is the speed-up; long contexts with few choices are bounded by about
-  n_choices (the context is run once instead of n times), long choices gain little.
+  4 * d_model * layers per attended (query, key) pair (the pairs each side's mask allows). capscale's
+  side is counted on the rows it actually ran. If both ran at the same FLOP/s this is the speed-up;
+  long contexts with few choices are bounded by about n_choices (the context is run once instead of
+  n times), long choices gain little.
+
+``--prefix distinct`` (default) gives every item a context of its own; ``--prefix shared`` opens every
+context with the same few-shot block (as MMLU's first_n exemplars), where capscale also shares rows
+between items (``loglik.items_per_row``), written to scoring_grid_fewshot.{json,md}.
 
 Item counts are chosen per cell so that lm-eval takes about ``--lm-eval-seconds`` (default 10) on
 2 cores, with at least 2 and at most 48 items: the whole grid runs in about 10-15 minutes.
 lm-eval uses ``--batch-size`` (default 8, its best on 2 CPU cores in scoring_speed.py).
 
     python evals/bench/scoring_grid.py                                   # full grid -> results/bench/
+    python evals/bench/scoring_grid.py --prefix shared                   # the few-shot-block grid
     python evals/bench/scoring_grid.py --models 3M --contexts 100 --choices 2,4 --lm-eval-seconds 1 --out /tmp/g
 """
 
@@ -80,22 +86,33 @@ def parse_args(argv=None):
     ap.add_argument("--batch-size", type=int, default=8, help="lm-eval batch size")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--prefix", choices=["distinct", "shared"], default="distinct",
+                    help="contexts share no prefix (distinct) or open with the same few-shot block (shared: "
+                         "written to scoring_grid_fewshot.*)")
     ap.add_argument("--out", default=str(ROOT / "results" / "bench"), help="directory for scoring_grid.{json,md}")
     return ap.parse_args(argv)
 
 
 def grid_items(source: list[MCItem], tokenizer, n_items: int, context_tokens: int, n_choices: int,
-               seed: int) -> list[MCItem]:
+               seed: int, prefix: str = "distinct") -> list[MCItem]:
     """Items whose context is the last ``context_tokens`` tokens of (earlier records + this item's context),
-    so the question and 'Answer:' stay at the end; choices: the item's own, then other items' answers."""
+    so the question and 'Answer:' stay at the end; choices: the item's own, then other items' answers.
+
+    ``prefix="distinct"``: the item's own five-record context, preceded (when longer contexts are asked
+    for) by records from another place in the file for each item, so contexts share no prefix.
+    ``"shared"``: a fixed few-shot block (the file's first records, the same for every item, as MMLU's
+    first_n exemplars) followed by the item's own last record and question."""
     rng = random.Random(seed)
     answers = sorted({c for it in source for c in it.choices})
     stream = tokenizer.encode("\n\n".join(it.context for it in source), add_special_tokens=False)
     items = []
     for k in range(n_items):
         base = source[k % len(source)]
-        own = tokenizer.encode(base.context, add_special_tokens=False)
-        before = stream[: max(0, context_tokens - len(own))] if context_tokens > len(own) else []
+        own_text = base.context if prefix == "distinct" else "\n\nRecord: " + base.context.split("\n\nRecord: ")[-1]
+        own = tokenizer.encode(own_text, add_special_tokens=False)
+        n_before = max(0, context_tokens - len(own))
+        start = 0 if prefix == "shared" else (k * 997) % max(1, len(stream) - n_before)
+        before = stream[start: start + n_before]
         context = tokenizer.decode((before + own)[-context_tokens:]).lstrip()
         choices = list(dict.fromkeys(base.choices))[:n_choices]
         while len(choices) < n_choices:
@@ -111,23 +128,26 @@ def grid_items(source: list[MCItem], tokenizer, n_items: int, context_tokens: in
     return items
 
 
-def flop_counts(requests, d_model: int, n_layers: int, layer_params: int, head_params: int) -> tuple[float, float]:
-    """(lm-eval FLOPs, capscale FLOPs) for capscale's encoded requests (see module docstring)."""
+def flop_counts(requests, rows, d_model: int, n_layers: int, layer_params: int, head_params: int) -> tuple[float, float]:
+    """(lm-eval FLOPs, capscale FLOPs): lm-eval's from the encoded requests, capscale's from the rows it
+    actually ran (``loglik.shared_rows``), attended pairs counted from each row's mask (see module docstring)."""
+    from capscale.scoring.packing import batch_tensors
+
     attention = 4 * d_model * n_layers
     lm = cs = 0.0
-    groups: dict[tuple, list] = {}
     for r in requests:
         t = len(r.context) + len(r.continuation) - 1  # lm-eval feeds (ctx + cont)[:-1]
         lm += 2 * layer_params * t + 2 * head_params * t + attention * t * (t + 1) / 2
-        groups.setdefault((r.item_index, r.context), []).append(r)
-    for (_, ctx), group in groups.items():
-        n = len(ctx)
-        bodies = [len(r.continuation) - 1 for r in group]
-        fed = n + sum(bodies)
-        pairs = n * (n + 1) / 2 + sum(b * n + b * (b + 1) / 2 for b in bodies)
-        kept = sum(len(r.continuation) for r in group)
-        cs += 2 * layer_params * fed + 2 * head_params * kept + attention * pairs
+    for row in rows:
+        pairs = float((batch_tensors([row], 0, torch.float32, "cpu")[2] == 0).sum())
+        kept = sum(len(r.continuation) for r in row.requests)
+        cs += 2 * layer_params * len(row) + 2 * head_params * kept + attention * pairs
     return lm, cs
+
+
+def row_prefix(row) -> int:
+    """Tokens a row's items share (its root segment), 0 for a row of one item."""
+    return row.segments.count(0) if len({r.item_index for r in row.requests}) > 1 else 0
 
 
 def build(size: Size, tokenizer, root: Path) -> Path:
@@ -144,8 +164,10 @@ def n_items_for(size: Size, context: int, choices: int, args) -> int:
 def run_cell(ck, lm, size: Size, source, context: int, choices: int, args) -> dict:
     from capscale.scoring.encoding import encode_items
 
+    from capscale.scoring.packing import group_by_context
+
     n = n_items_for(size, context, choices, args)
-    items = grid_items(source, ck.tokenizer, n + 1, context, choices, args.seed)
+    items = grid_items(source, ck.tokenizer, n + 1, context, choices, args.seed, args.prefix)
     warm, items = items[:1], items[1:]
     requests = lmeval_requests(items, "grid")
     kw = dict(max_length=ck.max_length, device="cpu", progress=False)
@@ -157,14 +179,20 @@ def run_cell(ck, lm, size: Size, source, context: int, choices: int, args) -> di
     theirs = np.array([lp for lp, _ in out])
     diff = np.abs(theirs - report.logprob)
     encoded = encode_items(ck.tokenizer, items, ck.max_length)
+    groups = group_by_context(encoded)
+    rows = (loglik.shared_rows(groups, True, loglik.model_width(ck.model)) if report.mode == "shared"
+            else loglik.pack_independent(encoded))
+    assert sum(len(r) for r in rows) == report.tokens_in, "the FLOP count must describe the rows that ran"
+    prefixes = [row_prefix(r) for r in rows for _ in {q.item_index for q in r.requests}]
     layer_params = ck.params
     head_params = ck.model.get_output_embeddings().weight.numel()
-    lm_flops, cs_flops = flop_counts(encoded, size.d_model, size.n_layers, layer_params, head_params)
+    lm_flops, cs_flops = flop_counts(encoded, rows, size.d_model, size.n_layers, layer_params, head_params)
     return {
         "model": size.name, "context": context, "choices": choices, "items": len(items),
         "mean_context_tokens": float(np.mean([len(r.context) for r in encoded])),
         "mean_choice_tokens": float(np.mean([len(r.continuation) for r in encoded])),
-        "tokens_requested": report.tokens_requested, "mode": report.mode,
+        "tokens_requested": report.tokens_requested, "tokens_in": report.tokens_in, "mode": report.mode,
+        "rows": len(rows), "mean_shared_prefix": float(np.mean(prefixes)),
         "capscale_s": cs["seconds"], "lm_eval_s": le["seconds"],
         "capscale_cpu_s": cs["cpu_seconds"], "lm_eval_cpu_s": le["cpu_seconds"],
         "speedup": le["seconds"] / cs["seconds"], "flop_ratio": lm_flops / cs_flops,
@@ -180,19 +208,26 @@ def write_markdown(path: Path, res: dict) -> None:
         "# Scoring grid: capscale default (`--mode auto`) vs lm-eval HF backend",
         "",
         "Random-init Llama checkpoints (vocabulary 8192, float32, CPU), items built from "
-        "`evals/tasks/fiveshot_facts.jsonl` (context = its last N tokens, short answers as choices). "
+        "`evals/tasks/fiveshot_facts.jsonl` (context = its last N tokens, short answers as choices), "
+        + ("every item's context a fixed few-shot block (the file's first records, as MMLU's first_n "
+           "exemplars) followed by its own last record and question (`--prefix shared`). "
+           if res["args"].get("prefix") == "shared" else
+           "each item's own five records, preceded at longer contexts by records from another place in the "
+           "file per item, so contexts share no prefix (`--prefix distinct`, the default). ") +
+        "Shared prefix = mean tokens each item's context shares with its row-mates (0: one row per item). "
         "Speed-up = lm-eval wall time / capscale wall time on the same items (each capscale run includes one "
         "self-check). CPU-time ratio = the same with process CPU seconds (less sensitive to other jobs' load, "
         "though spinning threads count). FLOP ratio = lm-eval's work / capscale's work (the speed-up at equal "
         "FLOP/s).",
         "",
-        "| model | context | choices | items | choice tokens | speed-up | CPU-time ratio | FLOP ratio | "
-        "max \\|Δ logprob\\| | max \\|Δ\\|/\\|logprob\\| | load |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | context | choices | items | choice tokens | shared prefix | speed-up | CPU-time ratio | "
+        "FLOP ratio | max \\|Δ logprob\\| | max \\|Δ\\|/\\|logprob\\| | load |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in cells:
         lines.append(f"| {c['model']} | {c['context']} | {c['choices']} | {c['items']} | "
-                     f"{c['mean_choice_tokens']:.1f} | **{c['speedup']:.2f}×** | "
+                     f"{c['mean_choice_tokens']:.1f} | {c.get('mean_shared_prefix', 0):.0f} | "
+                     f"**{c['speedup']:.2f}×** | "
                      f"{c['lm_eval_cpu_s'] / c['capscale_cpu_s']:.2f}× | {c['flop_ratio']:.2f} | "
                      f"{c['max_abs_diff']:.1e} | {c['max_rel_diff']:.1e} | {c['loadavg']:.1f} |")
     speeds = [c["speedup"] for c in cells]
@@ -234,7 +269,8 @@ def main(argv=None) -> int:
                           f"{cell['max_abs_diff']:.1e}, load {cell['loadavg']:.1f}", flush=True)
                     write_results(Path(args.out), cells, loadavg_before, args, argv)  # a stopped grid keeps its cells
             del lm, ck
-    print(f"wrote {Path(args.out) / 'scoring_grid.json'} and {Path(args.out) / 'scoring_grid.md'}")
+    stem = Path(args.out) / result_stem(args)
+    print(f"wrote {stem}.json and {stem}.md")
     return 0
 
 
@@ -243,8 +279,12 @@ def write_results(out: Path, cells: list[dict], loadavg_before: float, args, arg
     res = {"command": "python " + shlex.join(command), "args": vars(args), "machine": machine("cpu"),
            "cells": cells, "loadavg_before": loadavg_before, "loadavg_after": os.getloadavg()[0]}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "scoring_grid.json").write_text(json.dumps(res, indent=2) + "\n")
-    write_markdown(out / "scoring_grid.md", res)
+    (out / f"{result_stem(args)}.json").write_text(json.dumps(res, indent=2) + "\n")
+    write_markdown(out / f"{result_stem(args)}.md", res)
+
+
+def result_stem(args) -> str:
+    return "scoring_grid" if args.prefix == "distinct" else "scoring_grid_fewshot"
 
 
 if __name__ == "__main__":
