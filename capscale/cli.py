@@ -71,9 +71,10 @@ def add_fit_options(p: argparse.ArgumentParser, n_boot: int = 1000) -> None:
     p.add_argument("--level", type=float, default=0.9, help="prediction interval level (default 0.9)")
     p.add_argument("--n-boot", type=int, default=n_boot, help=f"bootstrap resamples (default {n_boot})")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--step1", default="auto", choices=["auto", "rule", "chinchilla", "chinchilla_shared",
-                                                       "power_compute", "power_law"],
-                   help="two-step's scale law: auto = chosen by rolling-origin backtests inside the ladder")
+    p.add_argument("--step1", default=None, choices=["auto", "average", "rule", "chinchilla", "chinchilla_shared",
+                                                     "power_compute", "power_law"],
+                   help="the scale law (two-step's step 1, loss-law): auto = chosen by rolling-origin backtests inside "
+                        "the ladder, average = the eligible forms averaged; default: average for loss-law, auto otherwise")
     p.add_argument("--step2", default="sigmoid_loss", choices=["sigmoid_loss", "exponential_loss"])
     p.add_argument("--ceiling", default="auto", choices=["auto", "anchor", "fixed", "fit"],
                    help="two-step: where accuracy ends at loss 0 (auto: anchor point for the task's own "

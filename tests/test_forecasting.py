@@ -312,3 +312,44 @@ def test_saved_fits_of_every_method_predict_the_same(tmp_path, method):
     assert sorted(a.intervals) == sorted(b.intervals) and a.method_used == b.method_used
     for level in a.intervals:
         assert a.intervals[level] == pytest.approx(b.intervals[level])
+
+
+def test_step1_average_is_the_equal_weight_mean_of_the_forms_and_survives_a_save(tmp_path):
+    """step1="average": every eligible form fitted, forecasts averaged with equal weights; the bootstrap
+    refits every member; a saved fit predicts the same."""
+    from capscale.laws.persist import load_predictor, save_predictor
+    from capscale.laws.step1 import fit_step1, predict_loss
+
+    ladder = law_ladder("chinchilla", 0)
+    train = ladder[ladder["params"] < 5e8]
+    p = TwoStepPredictor(step1="average", n_boot=40, seed=1).fit(train, "t", "acc", "bpb_correct")
+    assert p.step1_form_ == "average"
+    assert p.form_used_.startswith("average(chinchilla, chinchilla_shared, power_compute) ->")
+    finals = p.data_
+    target = dict(params=1e9, tokens=2e10, flops=6e9 * 2e10)
+    members = [predict_loss(target, fit_step1(f, finals, finals["loss"].to_numpy(float)))
+               for f in ("chinchilla", "chinchilla_shared", "power_compute")]
+    f = p.predict(**target)
+    assert f.loss == pytest.approx(np.mean(members), rel=1e-9)
+    assert min(members) < f.loss < max(members), "the forms disagree here: the average is between them"
+    assert all(len(b1.members) == 3 for b1, _ in p.boot_fits_) and len(p.boot_fits_) >= 30
+    again = load_predictor(save_predictor(p, tmp_path / "fit.json")).predict(**target)
+    assert (again.value, again.lower, again.upper, again.loss) == pytest.approx((f.value, f.lower, f.upper, f.loss))
+
+
+def test_step1_average_keeps_the_rolling_origin_choice_on_short_ladders():
+    from capscale.laws.losslaw import LossLawPredictor
+    from capscale.laws.step1 import fit_step1, predict_loss
+
+    ladder = law_ladder("chinchilla", 0)
+    short = ladder[ladder["params"] < 1.2e8]  # 3 sizes x 4 token multipliers
+    chosen = TwoStepPredictor(step1="auto", n_boot=0, calibrate=False).fit(short, "t", "acc", "bpb_correct")
+    averaged = TwoStepPredictor(step1="average", n_boot=0, calibrate=False).fit(short, "t", "acc", "bpb_correct")
+    assert averaged.step1_form_ == chosen.step1_form_ != "average"
+    law = LossLawPredictor(step1="average", n_boot=20, calibrate=False).fit(ladder, "t", "bpb_correct")
+    assert law.form_used_.startswith("average(")
+    target = dict(params=2e9, tokens=4e10, flops=6 * 2e9 * 4e10)
+    forms = ("chinchilla", "chinchilla_shared", "power_compute")
+    y = law.data_["value"].to_numpy(float)
+    mean = np.mean([predict_loss(target, fit_step1(f, law.data_, y)) for f in forms])
+    assert law.predict(**target).value == pytest.approx(mean, rel=1e-9)

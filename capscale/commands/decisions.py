@@ -146,7 +146,7 @@ def cmd_transfer(args) -> int:
     ladder = load_ladders(args.ladder, args.where, args.drop_nonfinite)
     outcome = run_transfer(ladder, args.recipe_col, args.reference, args.new, args.task, metric=args.metric,
                            source_task=args.source_task, target=args.target, ks=ks, runs_query=args.runs,
-                           step1=args.step1)
+                           step1=args.step1 or "auto")
     table = outcome.table()
     cols = ["k", "model", "actual", "transfer", "transfer_rel_error", "independent", "independent_rel_error",
             "full_ladder", "full_ladder_rel_error"]
@@ -169,9 +169,11 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe-col", required=True, metavar="COL",
                    help="the column whose values are the recipes (e.g. family)")
     p.add_argument("--where", metavar="QUERY", help="keep only the rows matching this query (e.g. \"tokens > 0\")")
-    p.add_argument("--step1", default="auto", choices=["auto", "rule", "chinchilla", "chinchilla_shared",
-                                                       "power_compute", "power_law"],
-                   help="scale law of the losses (two-step's step 1, loss-law, transfer): auto = by rolling origin")
+    p.add_argument("--step1", default=None, choices=["auto", "average", "rule", "chinchilla", "chinchilla_shared",
+                                                     "power_compute", "power_law"],
+                   help="scale law of the losses (two-step's step 1, loss-law, transfer): auto = by rolling origin, "
+                        "average = the eligible forms averaged; default: average for loss-law, auto otherwise "
+                        "(transfer maps one law's parameters: auto or a form)")
     p.add_argument("--drop-nonfinite", action="store_true", help="drop NaN/inf values instead of failing")
 
 

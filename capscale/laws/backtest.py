@@ -141,7 +141,7 @@ def run_backtest(
     level: float = 0.9,
     n_boot: int = 1000,
     seed: int = 0,
-    step1: str = "auto",
+    step1: str | None = None,
     step2: str = "sigmoid_loss",
     jobs: int = 1,
     items: pd.DataFrame | None = None,

@@ -44,7 +44,7 @@ def bound(metric: str, values):
 
 
 def dof_warning(fit: FitResult, what: str) -> list[str]:
-    free = len([p for p in fit.form.param_names if p in fit.params]) - len(fit.fixed)
+    free = fit.n_free
     if fit.n_points <= free:
         return [f"{what} ({fit.form.name}) has {fit.n_points} points for {free} free parameters: "
                 "it interpolates and its interval means little"]

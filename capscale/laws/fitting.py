@@ -43,6 +43,10 @@ class FitResult:
         z, _ = normalise_inputs(self.form, raw, self.reference)
         return np.asarray(self.form(self.params, z), dtype=float)
 
+    @property
+    def n_free(self) -> int:
+        return len([p for p in self.form.param_names if p not in self.fixed])
+
     def to_dict(self) -> dict:
         """What a forecast needs (JSON-ready): the form by name, parameters, input normalisation."""
         return {"form": self.form.name, "params": self.params,
@@ -224,7 +228,10 @@ def refit_many(fit: FitResult, inputs: dict, y, weights, delta=None) -> list[Fit
     """Refits of a fitted form on many weighted versions of its data at once (a bootstrap: the
     weights are how often each point was drawn; ``inputs`` and ``y`` may differ per resample,
     [B, n], when benchmark items are redrawn too), warm-started from ``fit``'s optimum in its
-    coordinates. A refit that does not converge is None (counted as failed by the caller)."""
+    coordinates. A refit that does not converge is None (counted as failed by the caller).
+    An averaged fit (capscale.laws.averaged, which imports this module) refits each of its members."""
+    if hasattr(fit, "members"):
+        return fit.refit_many(inputs, y, weights, delta)
     form, fixed = fit.form, fit.fixed
     free = [p for p in form.param_names if p not in fixed]
     w = np.asarray(weights, dtype=float)

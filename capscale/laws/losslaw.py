@@ -28,7 +28,7 @@ from capscale.laws.calibration import DEFAULT_GROWTH
 from capscale.laws.fitting import FitError, FitResult, fit_form, refit_many
 from capscale.laws.forms import LOSS_TO_LOSS, shifted_power_params
 from capscale.laws.predictors import TaskPredictor
-from capscale.laws.step1 import STEP1_FORMS, fit_step1, n_free, predict_loss
+from capscale.laws.step1 import fit_step1, predict_loss, step1_free, step1_label
 from capscale.laws.twostep import TwoStepPredictor
 from capscale.progress import report_refits
 from capscale.schema import metric_kind, target_scale
@@ -49,9 +49,9 @@ def without_interpolation(name: str, n_runs: int, may_change: bool) -> str:
     """A law with as many parameters as runs passes through every run: its bootstrap has no spread and
     its interval means nothing. Under "auto" the 2-parameter power law takes over; a form the user
     named is an error."""
-    if n_runs > n_free(*STEP1_FORMS[name]):
+    if n_runs > step1_free(name):
         return name
-    if may_change and n_runs > n_free(*STEP1_FORMS["power_law"]):
+    if may_change and n_runs > step1_free("power_law"):
         return "power_law"
     raise CapscaleError(f"{n_runs} runs cannot determine the loss law {name!r} with a point to spare")
 
@@ -59,13 +59,15 @@ def without_interpolation(name: str, n_runs: int, may_change: bool) -> str:
 class LossLawPredictor(TaskPredictor):
     """scale -> loss on each run's final checkpoint (step 1 of two-step, as a predictor of its own).
 
-    ``step1``: a form of STEP1_FORMS, or "auto" (chosen by rolling origin inside the ladder).
+    ``step1``: a form of STEP1_FORMS, "auto" (chosen by rolling origin inside the ladder) or "average" (the
+    default: the eligible forms' forecasts averaged with equal weights, which beat the rolling-origin
+    choice on every public loss ladder: results/backtests/step1_average.md; as "auto" on <= 3 sizes).
     Fitted: ``fit_`` (FitResult), ``boot_fits_`` and ``boot_ids_`` (which bootstrap resample each
     refit came from, so another predictor with the same seed and runs can pair its draws with these)."""
 
     method_name = "loss-law"
 
-    def __init__(self, step1: str = "auto", level=0.9, n_boot=1000, seed=0, calibrate=True, n_origins=3,
+    def __init__(self, step1: str = "average", level=0.9, n_boot=1000, seed=0, calibrate=True, n_origins=3,
                  growth=DEFAULT_GROWTH, n_boot_origin=100):
         super().__init__(level, n_boot, seed, calibrate, n_origins, growth, n_boot_origin)
         self.step1 = step1
@@ -78,13 +80,13 @@ class LossLawPredictor(TaskPredictor):
         finals = final_checkpoints(metric_series(ladder, task, metric))
         y = finals["value"].to_numpy(float)
         chooser = TwoStepPredictor(step1=self.step1, n_origins=self.n_origins)
-        self.step1_form_ = without_interpolation(chooser.choose_step1(finals, y), len(finals), self.step1 == "auto")
+        self.step1_form_ = without_interpolation(chooser.choose_step1(finals, y), len(finals),
+                                                 self.step1 in ("auto", "average"))
         self.step1_errors_ = getattr(chooser, "step1_errors_", {})
         self.data_, self.n_runs_, self.extent_ = finals, len(finals), ladder_extent(finals)
         self.chance_ = None
-        form, fixed = STEP1_FORMS[self.step1_form_]
-        self.form_used_ = form + (" (E=0)" if self.step1_form_ == "power_law" else "")
         self.fit_ = fit_step1(self.step1_form_, finals, y)
+        self.form_used_ = step1_label(self.step1_form_, self.fit_)
         inputs = {k: finals[k].to_numpy(float) for k in self.fit_.form.inputs}
         self.noise_ = y - self.fit_.predict(**inputs)
         self.fit_warnings_ = dof_warning(self.fit_, "the loss law")
@@ -93,8 +95,8 @@ class LossLawPredictor(TaskPredictor):
         resampler = ItemResampler.from_items(items, finals.get("checkpoint", pd.Series([np.nan])),
                                              {"value": (task, metric)})
         self.items_resampled_ = resampler is not None
-        counts, redrawn = self._resamples(len(runs), resampler, n_free(form, fixed))
-        keep = kept_resamples(counts, n_free(form, fixed))
+        counts, redrawn = self._resamples(len(runs), resampler, self.fit_.n_free)
+        keep = kept_resamples(counts, self.fit_.n_free)
         targets = y if resampler is None else np.stack([redrawn[b]["value"] for b in keep]).reshape(len(keep), -1)
         refits = refit_many(self.fit_, inputs, targets, counts[keep][:, columns.row_runs()]) if len(keep) else []
         self.boot_ids_ = np.array([b for b, f in zip(keep, refits) if f is not None], dtype=int)

@@ -16,7 +16,7 @@ import pandas as pd
 
 from capscale.errors import CapscaleError
 from capscale.laws.calibration import Calibration
-from capscale.laws.fitting import FitResult
+from capscale.laws.averaged import fit_from_dict
 from capscale.laws.registry import METHODS
 from capscale.store import atomic_write_bytes
 
@@ -46,7 +46,7 @@ def fits_to_json(fits):
 
 
 def fits_from_json(data):
-    return tuple(FitResult.from_dict(d) for d in data) if isinstance(data, list) else FitResult.from_dict(data)
+    return tuple(fit_from_dict(d) for d in data) if isinstance(data, list) else fit_from_dict(data)
 
 
 def plain(value):

@@ -19,7 +19,7 @@ class MethodOptions:
     level: float = 0.9
     n_boot: int = 1000
     seed: int = 0
-    step1: str = "auto"
+    step1: str | None = None  # None: the method's own default (loss-law: average; two-step, choice-mass: auto)
     step2: str = "sigmoid_loss"
     x: str | None = None
     ceiling: str = "auto"
@@ -58,7 +58,7 @@ def _auto(o: MethodOptions):
 def _two_step(o: MethodOptions):
     from capscale.laws.twostep import TwoStepPredictor
 
-    return TwoStepPredictor(step1=o.step1, step2=o.step2, ceiling=o.ceiling, anchor_weight=o.anchor_weight,
+    return TwoStepPredictor(step1=o.step1 or "auto", step2=o.step2, ceiling=o.ceiling, anchor_weight=o.anchor_weight,
                             pool=o.pool, **o.common())
 
 
@@ -86,7 +86,7 @@ def _pass_until(per_item: bool):
 def _choice_mass(o: MethodOptions):
     from capscale.laws.choicemass import ChoiceMassPredictor
 
-    return ChoiceMassPredictor(x=o.x or "auto", step1=o.step1, **o.common())
+    return ChoiceMassPredictor(x=o.x or "auto", step1=o.step1 or "auto", **o.common())
 
 
 def _observational(o: MethodOptions):

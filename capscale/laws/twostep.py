@@ -21,10 +21,11 @@ from capscale.laws.fitting import FitError, FitResult, fit_form, refit_many
 from capscale.laws.forms import get_form, normalise_inputs
 from capscale.laws.pooling import RAW_SLOPE, SHAPE_PARAMETERS, shape_estimates, shrink
 from capscale.progress import report_refits
-from capscale.laws.rolling import OriginPoint, choose, origin_splits, rungs, size_keys
+from capscale.laws.rolling import OriginPoint, choose, origin_splits
 from capscale.laws.predictors import TaskPredictor
-from capscale.laws.step1 import (SHORT_LADDER_SIZES, STEP1_FORMS, fit_step1, memoised, n_free, old_step1_rule,
-                                 predict_loss, step1_eligible, step1_key)
+from capscale.laws.averaged import AVERAGE
+from capscale.laws.step1 import (STEP1_FORMS, averaging_applies, fit_step1, memoised, n_free, old_step1_rule,
+                                 predict_loss, step1_eligible, step1_key, step1_label, step1_options)
 from capscale.schema import OWN_LOSSES, from_goodness, metric_kind, target_scale, to_goodness
 
 STEP2_CHOICES = ("sigmoid_loss", "exponential_loss")
@@ -53,7 +54,8 @@ class TwoStepPredictor(TaskPredictor):
     """(N, D) or C -> task loss -> metric (Bhagia et al. 2024), uncertainty through both steps.
 
     ``step1``: a form of STEP1_FORMS, "auto" (every form the runs can determine, chosen by
-    rolling-origin backtests of the loss inside the ladder) or "rule" (capscale 0.1's fixed rule).
+    rolling-origin backtests of the loss inside the ladder), "average" (those forms' forecasts averaged
+    with equal weights; on ladders of up to 3 sizes as "auto") or "rule" (capscale 0.1's fixed rule).
     ``step2``: sigmoid_loss or exponential_loss, fitted on the metric's good side (accuracy, or
     1 - error), so the chance floor and the ceiling mean the same for acc and err.
     ``ceiling``: where accuracy ends as the loss goes to 0 —
@@ -90,7 +92,9 @@ class TwoStepPredictor(TaskPredictor):
         on the ladder's own largest runs, compared on the origins every candidate could fit)."""
         if self.step1 == "rule":
             return old_step1_rule(finals)
-        if self.step1 == "auto":  # the same losses give the same choice: a shared validation loss is chosen once
+        if self.step1 == AVERAGE and averaging_applies(finals):
+            return AVERAGE
+        if self.step1 in ("auto", AVERAGE):  # the same losses give the same choice: a shared loss is chosen once
             key = step1_key("choose", self.n_origins, *(finals[c] for c in ("params", "tokens", "flops")), loss,
                             finals["family"].astype(str).tolist(), finals["model"].astype(str).tolist())
             name, self.step1_errors_ = memoised(key, lambda: self._choose_step1(finals, loss))
@@ -99,17 +103,15 @@ class TwoStepPredictor(TaskPredictor):
 
     def _choose_step1(self, finals: pd.DataFrame, loss: np.ndarray) -> tuple[str, dict]:
         """(form, {form: internal relative loss error}) — errors empty when there was nothing to compare."""
-        if self.step1 != "auto":
+        if self.step1 not in ("auto", AVERAGE):
+            if self.step1 not in STEP1_FORMS:
+                raise CapscaleError(f"step1 must be one of auto, average, rule, {', '.join(STEP1_FORMS)}; "
+                                    f"got {self.step1!r}")
             if not step1_eligible(self.step1, finals, len(finals)):
                 raise CapscaleError(f"step 1 {self.step1!r} cannot be determined from {len(finals)} runs"
                                     + (" (tokens per parameter must vary)" if "chinchilla" in self.step1 else ""))
             return self.step1, {}
-        options = [n for n in STEP1_FORMS if step1_eligible(n, finals, len(finals))]
-        if len(rungs(size_keys(finals))) > SHORT_LADDER_SIZES:
-            # a law without irreducible loss is the fallback of short ladders, not a rival: fitted on the
-            # smallest rungs of a longer ladder it often wins the rolling origin there and then
-            # extrapolates far too low (OpenLM testbed C4 loss at 6.9B: -12%)
-            options = [n for n in options if n != "power_law"] or options
+        options = step1_options(finals)
         if not options:
             raise CapscaleError(f"step 1 needs at least 2 runs with a loss, got {len(finals)}")
         if len(options) == 1:
@@ -268,10 +270,10 @@ class TwoStepPredictor(TaskPredictor):
         self.ceiling_mode_, self.ceiling_value_, self.space_ = problem.mode, problem.ceiling, problem.space
         problem.fixed = {**problem.fixed, **self._pooled_shape(ladder, task, metric, loss, loss_task, problem)}
         f1_name = self.step1_form_
-        self.form_used_ = f"{STEP1_FORMS[f1_name][0]}{' (E=0)' if f1_name == 'power_law' else ''} -> {problem.form.name}" + (
+        s1 = fit_step1(f1_name, finals, finals["loss"].to_numpy(float))
+        self.form_used_ = f"{step1_label(f1_name, s1)} -> {problem.form.name}" + (
             f" (ceiling {problem.mode})" if problem.mode != "fit" else "") + (" (shape pooled)" if self.pool != "none" and
                                                                              hasattr(self, "pooled_") else "")
-        s1 = fit_step1(f1_name, finals, finals["loss"].to_numpy(float))
         s2 = self._fit_step2(problem, problem.step2_data["loss"].to_numpy(float),
                              self._space_values(problem, metric, problem.step2_data["value"]))
         self.fit_ = (s1, s2)
@@ -292,7 +294,7 @@ class TwoStepPredictor(TaskPredictor):
         s1, s2 = self.fit_
         finals = problem.finals
         runs = run_keys(finals)
-        least = n_free(*STEP1_FORMS[self.step1_form_])
+        least = s1.n_free
         counts, redrawn = self._resamples(len(runs), resampler, least)
         keep = (counts > 0).sum(1) >= least
         if not keep.any():

@@ -14,10 +14,11 @@ from capscale.laws.choicemass.mixed import (NoiseStructure, Population, draw_mar
                                             item_outcomes, noise_structure, pair_statistics, posterior)
 from capscale.laws.choicemass.rows import (SCORE_OF, ChoiceTrajectories, MarginPairs, choice_scores,
                                            choice_trajectories, margin_pairs)
+from capscale.laws.averaged import fit_from_dict
 from capscale.laws.fitting import FitError, FitResult
 from capscale.laws.forms import SCALE_INPUTS
 from capscale.laws.predictors import TaskPredictor
-from capscale.laws.step1 import STEP1_FORMS, fit_step1, n_free, predict_loss
+from capscale.laws.step1 import fit_step1, predict_loss
 from capscale.laws.twostep import TwoStepPredictor
 from capscale.progress import report_refits
 from capscale.schema import target_scale
@@ -152,7 +153,7 @@ class ChoiceMassPredictor(TaskPredictor):
     def _refit_step1(self, b: int, runs, columns) -> FitResult:
         rng = np.random.default_rng([self.seed, b, 2])
         sample = rng.integers(0, len(runs), len(runs))
-        if len(np.unique(sample)) < n_free(*STEP1_FORMS[self.step1_form_]):
+        if len(np.unique(sample)) < self.step1_fit_.n_free:
             raise FitError("too few distinct runs in this resample for step 1")
         finals = self.step1_data_
         base = {k: finals[k].to_numpy(float) for k in ("params", "tokens", "flops", "loss")}
@@ -388,7 +389,7 @@ def fit_dict(fit: FitResult | None):
 
 
 def fit_from(d):
-    return None if d is None else FitResult.from_dict(d)
+    return None if d is None else fit_from_dict(d)
 
 
 def checkpoint_meta(ladder: pd.DataFrame, task: str) -> pd.DataFrame:
