@@ -9,6 +9,10 @@ where a per-call check used to double the time. Each run starts with an empty se
 * eight tasks of 16 items (one ``score_items`` call per task, as ``capscale eval`` does);
 * one task of 240 items (``--large-items``).
 
+``--fewshot``: the same workloads on items whose 500-token contexts open with one fixed few-shot block
+(scoring_grid.py's ``--prefix shared`` items), where both modes pack several items per row and ``auto``
+pays the probe of such rows instead (-> mode_overhead_fewshot.{json,md}).
+
 The two modes alternate, best of ``--repeats`` wall times per mode (the load of a shared
 machine drifts; alternating puts both in the same windows). Model: the random-init ~12M Llama of
 scoring_speed.py on evals/tasks/fiveshot_facts.jsonl (500-token contexts, 4 choices).
@@ -46,6 +50,7 @@ def parse_args(argv=None):
     ap.add_argument("--d-model", type=int, default=256)
     ap.add_argument("--n-layers", type=int, default=8)
     ap.add_argument("--max-length", type=int, default=1024)
+    ap.add_argument("--fewshot", action="store_true", help="items sharing a few-shot block (see the docstring)")
     ap.add_argument("--out", default=str(ROOT / "results" / "bench"))
     return ap.parse_args(argv)
 
@@ -75,8 +80,13 @@ def main(argv=None) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="capscale-modes-") as tmp:
         ck = load_checkpoint(str(build_checkpoint(Path(tmp) / "llama", task.items, args)))
-        run(ck, [task.items[:4]], "auto")  # warm-up
-        for name, tasks in workloads(task.items, args.large_items).items():
+        items = task.items
+        if args.fewshot:
+            from scoring_grid import grid_items
+
+            items = grid_items(task.items, ck.tokenizer, max(128, args.large_items), 500, 4, 0, "shared")
+        run(ck, [items[:4]], "auto")  # warm-up
+        for name, tasks in workloads(items, args.large_items).items():
             times = {"shared": [], "auto": []}
             cpu = {"shared": [], "auto": []}
             used = {}
@@ -100,9 +110,12 @@ def main(argv=None) -> int:
            "loadavg_before": loadavg_before, "loadavg_after": os.getloadavg()[0]}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "mode_overhead.json").write_text(json.dumps(res, indent=2) + "\n")
+    stem = "mode_overhead_fewshot" if args.fewshot else "mode_overhead"
+    (out / f"{stem}.json").write_text(json.dumps(res, indent=2) + "\n")
     lines = ["# `--mode auto` vs `--mode shared` (self-check cost)", "",
-             f"Random-init Llama d_model={args.d_model} n_layers={args.n_layers}, fiveshot_facts items, float32, "
+             f"Random-init Llama d_model={args.d_model} n_layers={args.n_layers}, fiveshot_facts items"
+             + (" (500-token contexts opening with one fixed few-shot block: rows shared by items)" if args.fewshot
+                else "") + ", float32, "
              "CPU; each run starts with an empty self-check cache (a fresh process).", "",
              "| workload | shared s | auto s | auto / shared | CPU s shared | CPU s auto | auto / shared (CPU) | load |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -112,8 +125,8 @@ def main(argv=None) -> int:
     lines += ["", f"Best of {args.repeats} alternating runs per mode, wall and process CPU seconds (on a loaded "
               "machine CPU time is the steadier measure of the work each mode does).", "",
               *provenance_lines(res, ". The load column is the 1-min load average after each workload."), ""]
-    (out / "mode_overhead.md").write_text("\n".join(lines))
-    print(f"wrote {out / 'mode_overhead.json'} and {out / 'mode_overhead.md'}")
+    (out / f"{stem}.md").write_text("\n".join(lines))
+    print(f"wrote {out / stem}.json and {out / stem}.md")
     return 0
 
 
