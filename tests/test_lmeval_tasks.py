@@ -74,6 +74,8 @@ def task_dir(tmp_path_factory):
     write_task(d, "toymc", {"test": test})
     write_task(d, "toymc_fewshot", both, fewshot_split="train", description=DESCRIPTION)
     write_task(d, "toymc_newline", both, fewshot_split="train", target_delimiter="\n")
+    write_task(d, "toymc_first_n", both, fewshot_split="train", description=DESCRIPTION,
+               fewshot_config={"sampler": "first_n"})
     write_task(d, "toymc_noid", {"test": write_jsonl(d / "noid.jsonl", NO_UNIQUE_ID_DOCS)})
     write_task(
         d, "toymc_multigold", {"test": write_jsonl(d / "multi.jsonl", MULTI_GOLD_DOCS)},
@@ -154,6 +156,22 @@ def test_three_shot_with_description_matches_lmeval_requests(task_dir, task_mana
     assert len({item.context.removesuffix(doc["context"]) for item, doc in zip(task.items, TEST_DOCS)}) > 1
     again = load_lmeval_task("toymc_fewshot", include_path=str(task_dir), num_fewshot=3)
     assert again.items == task.items
+
+
+def test_first_n_exemplars_give_every_item_one_block_and_rows_shared_by_items(task_dir, task_manager, tokenizer):
+    """MMLU's way (fewshot_config sampler first_n): every doc gets the same exemplars, so capscale packs
+    several items per row (capscale.scoring.loglik.shared_rows) where lm-eval runs the block per choice."""
+    from capscale.scoring.encoding import encode_items
+    from capscale.scoring.loglik import MIN_SHARED_PREFIX, shared_rows
+    from capscale.scoring.packing import group_by_context, shared_prefix_clusters
+
+    task = load_lmeval_task("toymc_first_n", include_path=str(task_dir), num_fewshot=3)
+    assert_same_strings(task, lmeval_requests(task_manager, "toymc_first_n", num_fewshot=3))
+    assert len({item.context.removesuffix(doc["context"]) for item, doc in zip(task.items, TEST_DOCS)}) == 1
+    groups = group_by_context(encode_items(tokenizer, task.items, 4096))
+    (prefix, members), = shared_prefix_clusters(groups, MIN_SHARED_PREFIX)
+    assert len(members) == len(TEST_DOCS) and prefix >= len(tokenizer.encode(DESCRIPTION)) + 3 * 4
+    assert len(shared_rows(groups, True, d_model=64)) < len(groups)
 
 
 def test_limit_keeps_the_first_items_unchanged(task_dir, task_manager):
