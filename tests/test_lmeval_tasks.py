@@ -171,7 +171,7 @@ def test_first_n_exemplars_give_every_item_one_block_and_rows_shared_by_items(ta
     groups = group_by_context(encode_items(tokenizer, task.items, 4096))
     (prefix, members), = shared_prefix_clusters(groups, MIN_SHARED_PREFIX)
     assert len(members) == len(TEST_DOCS) and prefix >= len(tokenizer.encode(DESCRIPTION)) + 3 * 4
-    assert len(shared_rows(groups, True, d_model=64)) < len(groups)
+    assert len(shared_rows(groups, d_model=64)) < len(groups)
 
 
 def test_limit_keeps_the_first_items_unchanged(task_dir, task_manager):

@@ -155,7 +155,7 @@ def test_items_sharing_a_fewshot_block_share_rows_and_keep_their_numbers(scored,
     assert items_per_row(40, 20, 32) == 4 and items_per_row(30, 470, 512) == 1 == items_per_row(20, 95, 512), \
         "a short prefix does not pay"
     assert items_per_row(40, 20, 32, max_width=100) == 3, "rows stay within their width"
-    rows = shared_rows(groups, True, loaded.model.config.hidden_size)
+    rows = shared_rows(groups, loaded.model.config.hidden_size)
     assert len(rows) < len(groups) and sum(len(r) for r in rows) < sum(len(pack_group(g)) for g in groups)
     kw = dict(max_length=loaded.max_length, progress=False)
     shared = score_items(loaded.model, loaded.tokenizer, items, mode="shared", **kw)

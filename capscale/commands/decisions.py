@@ -146,7 +146,7 @@ def cmd_transfer(args) -> int:
     ladder = load_ladders(args.ladder, args.where, args.drop_nonfinite)
     outcome = run_transfer(ladder, args.recipe_col, args.reference, args.new, args.task, metric=args.metric,
                            source_task=args.source_task, target=args.target, ks=ks, runs_query=args.runs,
-                           step1=args.step1 or "auto")
+                           **({} if args.step1 is None else {"step1": args.step1}))
     table = outcome.table()
     cols = ["k", "model", "actual", "transfer", "transfer_rel_error", "independent", "independent_rel_error",
             "full_ladder", "full_ladder_rel_error"]

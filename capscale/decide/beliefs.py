@@ -113,11 +113,11 @@ def build_predictor(spec: MethodSpec, options):
     if spec.name == "loss-law":
         from capscale.laws.losslaw import LossLawPredictor
 
-        return LossLawPredictor(step1=options.step1 or "average", **options.common())
+        return LossLawPredictor(**options.step1_given(), **options.common())
     if spec.name == "loss-to-loss":  # the source loss is --loss-task, as two-step's "loss from this task"
         from capscale.laws.losslaw import LossToLossPredictor
 
-        return LossToLossPredictor(step1=options.step1 or "auto", **options.common())
+        return LossToLossPredictor(**options.step1_given(), **options.common())
     from capscale.laws.registry import make_predictor
 
     return make_predictor(spec.name, options)

@@ -33,6 +33,10 @@ class MethodOptions:
         return dict(level=self.level, n_boot=self.n_boot, seed=self.seed, calibrate=self.calibrate,
                     n_origins=self.n_origins)
 
+    def step1_given(self) -> dict:
+        """``step1`` where one was chosen; otherwise nothing, so each predictor keeps its own default."""
+        return {} if self.step1 is None else {"step1": self.step1}
+
 
 @dataclass(frozen=True)
 class Method:
@@ -58,7 +62,7 @@ def _auto(o: MethodOptions):
 def _two_step(o: MethodOptions):
     from capscale.laws.twostep import TwoStepPredictor
 
-    return TwoStepPredictor(step1=o.step1 or "auto", step2=o.step2, ceiling=o.ceiling, anchor_weight=o.anchor_weight,
+    return TwoStepPredictor(**o.step1_given(), step2=o.step2, ceiling=o.ceiling, anchor_weight=o.anchor_weight,
                             pool=o.pool, **o.common())
 
 
@@ -86,7 +90,7 @@ def _pass_until(per_item: bool):
 def _choice_mass(o: MethodOptions):
     from capscale.laws.choicemass import ChoiceMassPredictor
 
-    return ChoiceMassPredictor(x=o.x or "auto", step1=o.step1 or "auto", **o.common())
+    return ChoiceMassPredictor(x=o.x or "auto", **o.step1_given(), **o.common())
 
 
 def _observational(o: MethodOptions):

@@ -55,12 +55,16 @@ def step1_free(name: str) -> int:
     return n_free(*STEP1_FORMS[name])
 
 
+def short_ladder(finals: pd.DataFrame) -> bool:
+    return len(rungs(size_keys(finals))) <= SHORT_LADDER_SIZES
+
+
 def step1_options(finals: pd.DataFrame) -> list[str]:
     """The forms these runs can determine; a law without irreducible loss only on short ladders: fitted on
     the smallest rungs of a longer ladder it often wins the rolling origin there and then extrapolates
     far too low (OpenLM testbed C4 loss at 6.9B: -12%)."""
     options = [n for n in STEP1_FORMS if step1_eligible(n, finals, len(finals))]
-    if len(rungs(size_keys(finals))) > SHORT_LADDER_SIZES:
+    if not short_ladder(finals):
         options = [n for n in options if n != "power_law"] or options
     return options
 
@@ -68,7 +72,7 @@ def step1_options(finals: pd.DataFrame) -> list[str]:
 def averaging_applies(finals: pd.DataFrame) -> bool:
     """``step1="average"`` averages on ladders of more than SHORT_LADDER_SIZES sizes with 2+ forms to
     average; shorter ladders keep the rolling-origin choice (no public table says averaging helps there)."""
-    return len(rungs(size_keys(finals))) > SHORT_LADDER_SIZES and len(step1_options(finals)) >= 2
+    return not short_ladder(finals) and len(step1_options(finals)) >= 2
 
 
 def step1_label(name: str, fit) -> str:

@@ -24,7 +24,7 @@ from capscale.progress import report_refits
 from capscale.laws.rolling import OriginPoint, choose, origin_splits
 from capscale.laws.predictors import TaskPredictor
 from capscale.laws.averaged import AVERAGE
-from capscale.laws.step1 import (STEP1_FORMS, averaging_applies, fit_step1, memoised, n_free, old_step1_rule,
+from capscale.laws.step1 import (STEP1_CHOICES, STEP1_FORMS, averaging_applies, fit_step1, memoised, n_free, old_step1_rule,
                                  predict_loss, step1_eligible, step1_key, step1_label, step1_options)
 from capscale.schema import OWN_LOSSES, from_goodness, metric_kind, target_scale, to_goodness
 
@@ -105,8 +105,7 @@ class TwoStepPredictor(TaskPredictor):
         """(form, {form: internal relative loss error}) — errors empty when there was nothing to compare."""
         if self.step1 not in ("auto", AVERAGE):
             if self.step1 not in STEP1_FORMS:
-                raise CapscaleError(f"step1 must be one of auto, average, rule, {', '.join(STEP1_FORMS)}; "
-                                    f"got {self.step1!r}")
+                raise CapscaleError(f"step1 must be one of {', '.join(STEP1_CHOICES)}; got {self.step1!r}")
             if not step1_eligible(self.step1, finals, len(finals)):
                 raise CapscaleError(f"step 1 {self.step1!r} cannot be determined from {len(finals)} runs"
                                     + (" (tokens per parameter must vary)" if "chinchilla" in self.step1 else ""))

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from capscale.errors import ScoringError
 from capscale.scoring.encoding import ChoiceRequest, encode_items
 from capscale.scoring.packing import (PackedRow, batch_rows, batch_tensors, common_prefix_length, group_by_context,
-                                      pack_group, pack_independent, pack_items, pack_shared_prefix,
+                                      item_part, pack_group, pack_independent, pack_items, pack_shared_prefix,
                                       shared_prefix_clusters)
 from capscale.tasks.schema import MCItem
 
@@ -237,13 +237,13 @@ def items_per_row(prefix: int, part: float, d_model: int, max_width: int = MAX_S
     return m if work_per_item(m) <= (1 - MIN_SHARING_GAIN) * work_per_item(1) else 1
 
 
-def shared_rows(groups: list[list[ChoiceRequest]], share_items: bool, d_model: int,
+def shared_rows(groups: list[list[ChoiceRequest]], d_model: int,
                 token_budget: int = DEFAULT_TOKEN_BUDGET["cpu"]) -> list[PackedRow]:
-    """One row per item, or (``share_items``) rows of several items where their contexts share a prefix
-    of at least MIN_SHARED_PREFIX tokens and sharing it pays (``items_per_row``)."""
+    """One row per item, except rows of several items where their contexts share a prefix of at least
+    MIN_SHARED_PREFIX tokens and sharing it pays (``items_per_row``)."""
     rows = []
-    for prefix, members in shared_prefix_clusters(groups, MIN_SHARED_PREFIX) if share_items else [(0, groups)]:
-        parts = [len(g[0].context) - prefix + sum(len(r.continuation) - 1 for r in g) for g in members]
+    for prefix, members in shared_prefix_clusters(groups, MIN_SHARED_PREFIX):
+        parts = [item_part(g, prefix) for g in members]
         m = items_per_row(prefix, float(np.mean(parts)), d_model, min(token_budget, MAX_SHARED_ROW))
         if m < 2:
             rows += [pack_group(g) for g in members]
@@ -277,7 +277,7 @@ def score_items(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     groups = group_by_context(requests)
     notes: list[str] = []
-    candidate = shared_rows(groups, True, model_width(model), budget) if mode != "independent" else []
+    candidate = shared_rows(groups, model_width(model), budget) if mode != "independent" else []
     share_items = 0 < len(candidate) < len(groups)  # some rows hold several items
     if mode == "auto":
         # a NaN gap means non-finite logits: keep sharing and let the finiteness check below report it

@@ -50,19 +50,8 @@ def group_by_context(requests: list[ChoiceRequest]) -> list[list[ChoiceRequest]]
 
 
 def pack_group(group: list[ChoiceRequest]) -> PackedRow:
-    context = list(group[0].context)
-    n_ctx = len(context)
-    row = PackedRow(tokens=context[:], positions=list(range(n_ctx)), segments=[0] * n_ctx)
-    for seg, r in enumerate(group, start=1):
-        body = list(r.continuation[:-1])
-        start = len(row.tokens)
-        row.tokens += body
-        row.positions += list(range(n_ctx, n_ctx + len(body)))
-        row.segments += [seg] * len(body)
-        row.parents.append(0)
-        row.requests.append(r)
-        row.logit_rows.append([n_ctx - 1] + list(range(start, start + len(body))))
-    return row
+    """One item's row: its whole context is the row's prefix (segment 0), each choice a segment under it."""
+    return pack_items([group], len(group[0].context))
 
 
 def common_prefix_length(contexts: list[tuple[int, ...]]) -> int:
@@ -96,8 +85,10 @@ def pack_items(groups: list[list[ChoiceRequest]], prefix_length: int) -> PackedR
     for group in groups:
         context = group[0].context
         n_ctx = len(context)
-        item_seg = len(row.parents)
-        row.parents.append(0)
+        item_seg = 0  # an item whose whole context is the prefix has no segment of its own
+        if n_ctx > prefix_length:
+            item_seg = len(row.parents)
+            row.parents.append(0)
         row.tokens += list(context[prefix_length:])
         row.positions += list(range(prefix_length, n_ctx))
         row.segments += [item_seg] * (n_ctx - prefix_length)
@@ -115,20 +106,22 @@ def pack_items(groups: list[list[ChoiceRequest]], prefix_length: int) -> PackedR
     return row
 
 
+def item_part(group: list[ChoiceRequest], prefix_length: int) -> int:
+    """The tokens one item adds to a row after a shared prefix: its context's rest and its choices' bodies."""
+    return len(group[0].context) - prefix_length + sum(len(r.continuation) - 1 for r in group)
+
+
 def pack_shared_prefix(groups: list[list[ChoiceRequest]], prefix_length: int, per_row: int) -> list[PackedRow]:
     """Rows of ``prefix + (suffix + bodies) per item``, about ``per_row`` items each: ceil(n / per_row)
     rows balanced by width (each item goes to the narrowest row, largest items first), so a batch of
     them carries little padding."""
-    def part(g):  # what one more item adds to a row
-        return len(g[0].context) - prefix_length + sum(len(r.continuation) - 1 for r in g)
-
     n_rows = -(-len(groups) // max(1, per_row))
     bins: list[list[list[ChoiceRequest]]] = [[] for _ in range(n_rows)]
     widths = [0] * n_rows
-    for g in sorted(groups, key=lambda g: -part(g)):
+    for g in sorted(groups, key=lambda g: -item_part(g, prefix_length)):
         k = widths.index(min(widths))
         bins[k].append(g)
-        widths[k] += part(g)
+        widths[k] += item_part(g, prefix_length)
     return [pack_items(b, prefix_length) for b in bins]
 
 
@@ -180,14 +173,13 @@ def batch_tensors(batch: list[PackedRow], pad_id: int, dtype: torch.dtype, devic
     causal = torch.ones((width, width), dtype=torch.bool).tril_()  # [T(query), T(key)]
     ancestors = segment_ancestors(batch)  # [B, S, S]: key segment visible from query segment
     mask = torch.full((n, 1, width, width), torch.finfo(dtype).min, dtype=dtype)
+    pads = torch.arange(width)
     for b, r in enumerate(batch):
         s = seg[b, : len(r)]
         # two 1-D gathers (query segments, then key segments): no [T, T] index tensors
         allowed = ancestors[b][s][:, s] & causal[: len(r), : len(r)]
         mask[b, 0, : len(r), : len(r)].masked_fill_(allowed, 0.0)
-    pads = torch.arange(width)
-    for b, r in enumerate(batch):  # pads attend to themselves: no empty softmax rows
-        mask[b, 0, pads[len(r):], pads[len(r):]] = 0.0
+        mask[b, 0, pads[len(r):], pads[len(r):]] = 0.0  # pads attend to themselves: no empty softmax rows
     keep_lists = [sorted({i for rows in r.logit_rows for i in rows}) for r in batch]
     k = max(len(x) for x in keep_lists)
     keep = torch.tensor([x + [x[-1]] * (k - len(x)) for x in keep_lists], dtype=torch.long)

@@ -180,7 +180,7 @@ def run_cell(ck, lm, size: Size, source, context: int, choices: int, args) -> di
     diff = np.abs(theirs - report.logprob)
     encoded = encode_items(ck.tokenizer, items, ck.max_length)
     groups = group_by_context(encoded)
-    rows = (loglik.shared_rows(groups, True, loglik.model_width(ck.model)) if report.mode == "shared"
+    rows = (loglik.shared_rows(groups, loglik.model_width(ck.model)) if report.mode == "shared"
             else loglik.pack_independent(encoded))
     assert sum(len(r) for r in rows) == report.tokens_in, "the FLOP count must describe the rows that ran"
     prefixes = [row_prefix(r) for r in rows for _ in {q.item_index for q in r.requests}]
