@@ -66,14 +66,23 @@ class IgnoresCustomMask(torch.nn.Module):
         return self.inner(input_ids=input_ids, position_ids=position_ids, use_cache=use_cache)
 
 
+class IgnoresPositionIds(IgnoresCustomMask):
+    """A model that honours the 4-D mask but numbers tokens 0..T-1 along the row (as a wrapper that drops
+    position_ids would): every choice after the first sits at the wrong positions."""
+
+    def forward(self, input_ids, position_ids=None, attention_mask=None, use_cache=False):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache)
+
+
 @pytest.mark.parametrize("task", ["mc_task", "fewshot_task"])
-def test_auto_mode_falls_back_when_the_mask_is_ignored(scored, task, request, monkeypatch):
+@pytest.mark.parametrize("wrapper", [IgnoresCustomMask, IgnoresPositionIds])
+def test_auto_mode_falls_back_when_the_mask_is_ignored(scored, task, wrapper, request, monkeypatch):
     import capscale.scoring.loglik as loglik
 
     monkeypatch.setattr(loglik, "_SHARING_GAP", {})
     loaded, _ = scored
     items = load_jsonl_task(request.getfixturevalue(task)).items
-    broken = IgnoresCustomMask(loaded.model)
+    broken = wrapper(loaded.model)
     kw = dict(max_length=loaded.max_length, progress=False)
     with pytest.warns(UserWarning, match="disagreed"):
         auto = score_items(broken, loaded.tokenizer, items, **kw)

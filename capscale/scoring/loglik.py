@@ -36,8 +36,11 @@ from capscale.scoring.packing import (PackedRow, batch_rows, batch_tensors, comm
 from capscale.tasks.schema import MCItem
 
 SELF_CHECK_TOLERANCE = 1e-3
-PROBE_CONTEXT = 64  # context tokens kept in the self-check's probe: enough to see a leak, cheap to run
-PROBE_CHOICES = 4
+# The self-check's probe: the last PROBE_CONTEXT context tokens and PROBE_CHOICES choices. A leak (a choice
+# seeing another, or sitting at the wrong positions) shows with any context; a short one dilutes it least and
+# costs least: on a 6-item task of 500-token contexts a 64-token, 4-choice probe was ~10% of the scoring time.
+PROBE_CONTEXT = 16
+PROBE_CHOICES = 2
 _SHARING_GAP: dict[tuple, float] = {}  # (architecture_key, probe kind) -> max |shared - independent| on a probe
 DEFAULT_TOKEN_BUDGET = {"cpu": 4096, "cuda": 65536}
 MIN_SHARED_PREFIX = 16  # tokens a group of items must share before they are considered for common rows

@@ -24,7 +24,7 @@ context with the same few-shot block (as MMLU's first_n exemplars), where capsca
 between items (``loglik.items_per_row``), written to scoring_grid_fewshot.{json,md}.
 
 Item counts are chosen per cell so that lm-eval takes about ``--lm-eval-seconds`` (default 10) on
-2 cores, with at least 2 and at most 48 items: the whole grid runs in about 10-15 minutes.
+2 cores, with at least 2 and at most 48 items: the whole grid runs in about 10-15 minutes per ``--repeats``.
 lm-eval uses ``--batch-size`` (default 8, its best on 2 CPU cores in scoring_speed.py).
 
     python evals/bench/scoring_grid.py                                   # full grid -> results/bench/
@@ -86,6 +86,9 @@ def parse_args(argv=None):
     ap.add_argument("--batch-size", type=int, default=8, help="lm-eval batch size")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="time each side this many times, interleaved; the cell reports the medians (the machine's "
+                         "own noise is ~10-20%% per run on 2 shared cores)")
     ap.add_argument("--prefix", choices=["distinct", "shared"], default="distinct",
                     help="contexts share no prefix (distinct) or open with the same few-shot block (shared: "
                          "written to scoring_grid_fewshot.*)")
@@ -173,9 +176,15 @@ def run_cell(ck, lm, size: Size, source, context: int, choices: int, args) -> di
     kw = dict(max_length=ck.max_length, device="cpu", progress=False)
     loglik.score_items(ck.model, ck.tokenizer, warm, **kw)
     lm.loglikelihood(lmeval_requests(warm, "grid"), disable_tqdm=True)
-    loglik._SHARING_GAP.clear()  # a fresh process: this cell pays the self-check
-    report, cs = timed(lambda: loglik.score_items(ck.model, ck.tokenizer, items, **kw), "cpu")
-    out, le = timed(lambda: lm.loglikelihood(requests, disable_tqdm=True), "cpu")
+    def capscale_cold():
+        loglik._SHARING_GAP.clear()  # a fresh process: every timed run pays the self-check
+        return loglik.score_items(ck.model, ck.tokenizer, items, **kw)
+
+    runs = [(timed(capscale_cold, "cpu"), timed(lambda: lm.loglikelihood(requests, disable_tqdm=True), "cpu"))
+            for _ in range(args.repeats)]
+    (report, _), (out, _) = runs[0]
+    cs = {k: float(np.median([c[1][k] for c, _ in runs])) for k in ("seconds", "cpu_seconds")}
+    le = {k: float(np.median([e[1][k] for _, e in runs])) for k in ("seconds", "cpu_seconds")}
     theirs = np.array([lp for lp, _ in out])
     diff = np.abs(theirs - report.logprob)
     encoded = encode_items(ck.tokenizer, items, ck.max_length)
@@ -195,7 +204,8 @@ def run_cell(ck, lm, size: Size, source, context: int, choices: int, args) -> di
         "rows": len(rows), "mean_shared_prefix": float(np.mean(prefixes)),
         "capscale_s": cs["seconds"], "lm_eval_s": le["seconds"],
         "capscale_cpu_s": cs["cpu_seconds"], "lm_eval_cpu_s": le["cpu_seconds"],
-        "speedup": le["seconds"] / cs["seconds"], "flop_ratio": lm_flops / cs_flops,
+        "speedup": le["seconds"] / cs["seconds"], "flop_ratio": lm_flops / cs_flops, "repeats": args.repeats,
+        "speedups": [e[1]["seconds"] / c[1]["seconds"] for c, e in runs],
         "max_abs_diff": float(diff.max()), "max_rel_diff": float((diff / np.abs(theirs)).max()),
         "max_abs_logprob": float(np.abs(theirs).max()),
         "loadavg": os.getloadavg()[0],
@@ -216,7 +226,7 @@ def write_markdown(path: Path, res: dict) -> None:
            "file per item, so contexts share no prefix (`--prefix distinct`, the default). ") +
         "Shared prefix = mean tokens each item's context shares with its row-mates (0: one row per item). "
         "Speed-up = lm-eval wall time / capscale wall time on the same items (each capscale run includes one "
-        "self-check). CPU-time ratio = the same with process CPU seconds (less sensitive to other jobs' load, "
+        f"self-check; medians of {res['args'].get('repeats', 1)} interleaved runs per side). CPU-time ratio = the same with process CPU seconds (less sensitive to other jobs' load, "
         "though spinning threads count). FLOP ratio = lm-eval's work / capscale's work (the speed-up at equal "
         "FLOP/s).",
         "",
