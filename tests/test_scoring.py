@@ -76,7 +76,7 @@ class IgnoresPositionIds(IgnoresCustomMask):
 
 @pytest.mark.parametrize("task", ["mc_task", "fewshot_task"])
 @pytest.mark.parametrize("wrapper", [IgnoresCustomMask, IgnoresPositionIds])
-def test_auto_mode_falls_back_when_the_mask_is_ignored(scored, task, wrapper, request, monkeypatch):
+def test_auto_mode_falls_back_when_the_mask_or_the_positions_are_ignored(scored, task, wrapper, request, monkeypatch):
     import capscale.scoring.loglik as loglik
 
     monkeypatch.setattr(loglik, "_SHARING_GAP", {})

@@ -109,8 +109,8 @@ def markdown(rows: list[dict], seconds: float) -> str:
                  f"the measured C4 loss, and the error law's own scatter is {r['relative_scatter']:.2%} of the "
                  f"target's error, so a perfect step 1 lands within 1% with probability "
                  f"{chance_within(0.01, r['relative_scatter']):.0%}. A forecast that meets 1% there does so because "
-                 "step 1's error happens to cancel step 2's (the old default's chinchilla step 1: 0.61% on this "
-                 "target, 6.73% on 6.9B).")
+                 "step 1's error happens to cancel step 2's (issue 11 quotes the old default, a chinchilla step 1, at "
+                 "0.61% on this target and 6.73% on 6.9B).")
     return "\n".join(L) + "\n"
 
 

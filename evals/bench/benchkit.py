@@ -5,12 +5,24 @@ Imported by the scripts next to it (``python evals/bench/<script>.py`` puts this
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import time
 from pathlib import Path
 
 import torch
+
+
+def repeat_count(text: str) -> int:
+    """argparse type of ``--repeats``: a count of timed runs, at least 1 (0 would leave nothing to report)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of runs, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"needs at least 1 run, got {n}")
+    return n
 
 
 def sync(device: str) -> None:

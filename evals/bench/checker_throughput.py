@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-from benchkit import machine, provenance_lines, timed
+from benchkit import machine, provenance_lines, repeat_count, timed
 
 import capscale
 from capscale.scoring.checkers import Checker
@@ -109,7 +109,7 @@ def write_markdown(res: dict, path: Path) -> None:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--completions", type=int, default=64, help="distinct completions per repeat (default 64)")
-    ap.add_argument("--repeats", type=int, default=3, help="timed repeats (default 3)")
+    ap.add_argument("--repeats", type=repeat_count, default=3, help="timed repeats (default 3)")
     ap.add_argument("--label", default="after", help="name of this measurement in the results (default after)")
     ap.add_argument("--code-version", help="what to record as the measured commit (default: git HEAD of capscale's folder)")
     ap.add_argument("--out", default=str(ROOT / "results" / "bench"), help="folder for checker_throughput.{json,md}")

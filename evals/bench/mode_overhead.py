@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from benchkit import machine, provenance_lines, timed
+from benchkit import machine, provenance_lines, repeat_count, timed
 from scoring_speed import DEFAULT_TASK, ROOT, build_checkpoint
 
 from capscale.models import load_checkpoint
@@ -43,7 +43,7 @@ from capscale.tasks.jsonl import load_jsonl_task
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=repeat_count, default=3)
     ap.add_argument("--large-items", type=int, default=240, help="items of the large task (default 240)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--vocab", type=int, default=8192)

@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchkit import choice_texts, machine, provenance_lines, timed
+from benchkit import choice_texts, machine, provenance_lines, repeat_count, timed
 from scoring_speed import lmeval_requests
 
 from capscale.models import load_checkpoint
@@ -86,9 +86,9 @@ def parse_args(argv=None):
     ap.add_argument("--batch-size", type=int, default=8, help="lm-eval batch size")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--repeats", type=int, default=1,
-                    help="time each side this many times, interleaved; the cell reports the medians (the machine's "
-                         "own noise is ~10-20%% per run on 2 shared cores)")
+    ap.add_argument("--repeats", type=repeat_count, default=1,
+                    help="time each side this many times, interleaved; the cell reports the median of the paired "
+                         "ratios (the machine's own noise is ~10-20%% per run on 2 shared cores)")
     ap.add_argument("--prefix", choices=["distinct", "shared"], default="distinct",
                     help="contexts share no prefix (distinct) or open with the same few-shot block (shared: "
                          "written to scoring_grid_fewshot.*)")
@@ -176,16 +176,18 @@ def run_cell(ck, lm, size: Size, source, context: int, choices: int, args) -> di
     kw = dict(max_length=ck.max_length, device="cpu", progress=False)
     loglik.score_items(ck.model, ck.tokenizer, warm, **kw)
     lm.loglikelihood(lmeval_requests(warm, "grid"), disable_tqdm=True)
+
     def capscale_cold():
         loglik._SHARING_GAP.clear()  # a fresh process: every timed run pays the self-check
         return loglik.score_items(ck.model, ck.tokenizer, items, **kw)
 
-    runs = [(timed(capscale_cold, "cpu"), timed(lambda: lm.loglikelihood(requests, disable_tqdm=True), "cpu"))
-            for _ in range(args.repeats)]
-    (report, _), (out, _) = runs[0]
-    paired = [e[1]["seconds"] / c[1]["seconds"] for c, e in runs]
-    cs = {k: float(np.median([c[1][k] for c, _ in runs])) for k in ("seconds", "cpu_seconds")}
-    le = {k: float(np.median([e[1][k] for _, e in runs])) for k in ("seconds", "cpu_seconds")}
+    capscale_runs, lm_eval_runs = [], []
+    for _ in range(args.repeats):  # interleaved: each capscale run shares its load window with the lm-eval run after it
+        capscale_runs.append(timed(capscale_cold, "cpu"))
+        lm_eval_runs.append(timed(lambda: lm.loglikelihood(requests, disable_tqdm=True), "cpu"))
+    report, out = capscale_runs[0][0], lm_eval_runs[0][0]
+    paired = [le_s["seconds"] / cs_s["seconds"] for (_, cs_s), (_, le_s) in zip(capscale_runs, lm_eval_runs)]
+    cs, le = median_stats([s for _, s in capscale_runs]), median_stats([s for _, s in lm_eval_runs])
     theirs = np.array([lp for lp, _ in out])
     diff = np.abs(theirs - report.logprob)
     encoded = encode_items(ck.tokenizer, items, ck.max_length)
@@ -205,14 +207,17 @@ def run_cell(ck, lm, size: Size, source, context: int, choices: int, args) -> di
         "rows": len(rows), "mean_shared_prefix": float(np.mean(prefixes)),
         "capscale_s": cs["seconds"], "lm_eval_s": le["seconds"],
         "capscale_cpu_s": cs["cpu_seconds"], "lm_eval_cpu_s": le["cpu_seconds"],
-        # each capscale run is paired with the lm-eval run right after it (the same load window): the
-        # median of the paired ratios; the ratio of the two sides' medians is kept beside it
         "speedup": float(np.median(paired)), "ratio_of_medians": le["seconds"] / cs["seconds"],
         "flop_ratio": lm_flops / cs_flops, "repeats": args.repeats, "speedups": paired,
         "max_abs_diff": float(diff.max()), "max_rel_diff": float((diff / np.abs(theirs)).max()),
         "max_abs_logprob": float(np.abs(theirs).max()),
         "loadavg": os.getloadavg()[0],
     }
+
+
+def median_stats(runs: list[dict]) -> dict:
+    """Each side's median wall and CPU seconds over its timed runs."""
+    return {k: float(np.median([r[k] for r in runs])) for k in ("seconds", "cpu_seconds")}
 
 
 def token_ratio(cell: dict) -> float:
